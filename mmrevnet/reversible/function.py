@@ -1,0 +1,198 @@
+"""The memory-saving autograd Function of a momentum stage.
+
+Forward runs the stage without recording a graph and saves only the stage
+end ``(x_T, v_T)`` (plus the state ``(x_t, v_t)`` every few blocks when
+``gamma`` is small, see :mod:`.coupling`). Backward walks the stage from the end:
+it reconstructs ``x_t``, evaluates ``F_t(x_t)`` once with grad, takes one
+vector-Jacobian product for the input and the parameters of ``F_t``, and
+reuses the same ``F_t(x_t)`` to reconstruct ``v_t``.
+
+Adjoint of one block (``g_x``, ``g_v``: gradients w.r.t. ``x_{t+1}`` and
+``v_{t+1}`` that do not pass through ``x_{t+1}``)::
+
+    g      = g_x + g_v
+    g_x   += (1 - gamma) * J_x(F_t)^T g
+    grad_t = (1 - gamma) * J_theta(F_t)^T g
+    g_v    = gamma * g
+
+Parameters are explicit inputs of the Function and their gradients are
+returned (as in memcnn and momentumnet), so ``torch.autograd.grad`` works,
+a stage whose input needs no grad still trains its parameters, and DDP
+sees each parameter become ready exactly once.
+"""
+import contextlib
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .coupling import forward_step, inverse_position, inverse_velocity
+from .state import AutocastState, RNGState, frozen_norm_buffers
+
+
+class StageReport:
+    """What the last backward of a stage measured (drift monitor).
+
+    Attributes:
+        position_drift (float): ``max|x0_rec - x0| / max|x0|`` at the
+            stage input, or None when not measured.
+        velocity_drift (float): ``max|v0_rec - v0| / max(max|v0|, 1)``
+            (the initial velocity is often zero, hence the floor).
+    """
+
+    def __init__(self):
+        self.position_drift: Optional[float] = None
+        self.velocity_drift: Optional[float] = None
+
+
+def _relative_max_error(estimate: Tensor, truth: Tensor,
+                        floor: float = 0.0) -> float:
+    scale = max(truth.detach().abs().max().item(), floor)
+    error = (estimate - truth).detach().abs().max().item()
+    return error / scale if scale > 0 else error
+
+
+def _parameter_layout(functions: Sequence[nn.Module]):
+    """Unique trainable parameters and, per function, their positions."""
+    params: List[nn.Parameter] = []
+    position: Dict[int, int] = {}
+    layout: List[List[int]] = []
+    for function in functions:
+        indices = []
+        for param in function.parameters():
+            if not param.requires_grad:
+                continue
+            key = id(param)
+            if key not in position:
+                position[key] = len(params)
+                params.append(param)
+            indices.append(position[key])
+        layout.append(indices)
+    return params, layout
+
+
+class MomentumStageFunction(torch.autograd.Function):
+    """``x_T = stage(x_0, v_0)`` with a reconstructing backward.
+
+    Call through :func:`momentum_stage_memory_saving`; ``apply`` takes
+    ``(stage, functions, layout, x, v0, *params)``.
+    """
+
+    @staticmethod
+    def forward(ctx, stage, functions, layout, x, v0, *params):
+        gamma = stage.gamma
+        ctx.stage = stage
+        ctx.functions = functions
+        ctx.layout = layout
+        ctx.num_params = len(params)
+        # References to the parameters themselves, not saved activations.
+        ctx.params = params
+        ctx.has_v0 = v0 is not None
+        ctx.autocast = AutocastState(x.device.type)
+        ctx.rng_states = []
+        ctx.anchor_steps = []
+        anchors = []
+        x_start = x
+        v = torch.zeros_like(x) if v0 is None else v0
+        v_start = v
+        interval = stage.anchor_interval
+        with torch.no_grad():
+            for step, function in enumerate(functions):
+                if interval and step and step % interval == 0:
+                    # Both halves of the state: a position error left in
+                    # place would be amplified again by the next segment.
+                    ctx.anchor_steps.append(step)
+                    anchors += [x, v]
+                if stage.preserve_rng_state:
+                    ctx.rng_states.append(RNGState(x))
+                x, v = forward_step(x, v, function(x), gamma)
+        saved = [x, v, *anchors]
+        if stage.track_drift:
+            saved += [x_start, v_start]
+        ctx.save_for_backward(*saved)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        stage = ctx.stage
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f'Momentum stage {stage.name!r}: double backward '
+                '(create_graph=True) is not supported by the memory-saving '
+                'path; build the stage with memory_saving=False for '
+                'higher-order gradients.')
+        saved = ctx.saved_tensors
+        x, v = saved[0], saved[1]
+        num_anchors = len(ctx.anchor_steps)
+        anchor_states = saved[2:2 + 2 * num_anchors]
+        anchors = {
+            step: anchor_states[2 * i:2 * i + 2]
+            for i, step in enumerate(ctx.anchor_steps)
+        }
+        _check_finite(stage, 'forward output', x, v)
+        gamma = stage.gamma
+        params = ctx.params
+        param_grads: List[Optional[Tensor]] = [None] * ctx.num_params
+        grad_x = grad_output
+        grad_v = None
+        for step in range(len(ctx.functions) - 1, -1, -1):
+            function = ctx.functions[step]
+            x = inverse_position(x, v)
+            replay = (
+                ctx.rng_states[step].replay()
+                if stage.preserve_rng_state else contextlib.nullcontext())
+            with torch.enable_grad(), ctx.autocast.enter(), replay, \
+                    frozen_norm_buffers([function]):
+                x_in = x.detach().requires_grad_(True)
+                fx = function(x_in)
+            total = grad_x if grad_v is None else grad_x + grad_v
+            indices = ctx.layout[step]
+            grads = torch.autograd.grad(
+                fx, [x_in] + [params[i] for i in indices],
+                grad_outputs=((1.0 - gamma) * total).to(fx.dtype),
+                allow_unused=True)
+            if grads[0] is not None:
+                grad_x = grad_x + grads[0].to(grad_x.dtype)
+            for index, grad in zip(indices, grads[1:]):
+                if grad is None:
+                    continue
+                current = param_grads[index]
+                param_grads[index] = grad if current is None else (
+                    current + grad)
+            grad_v = gamma * total
+            if step in anchors:
+                x, v = anchors[step]
+            else:
+                v = inverse_velocity(v, fx.detach(), gamma)
+        _check_finite(stage, 'reconstructed stage input', x, v)
+        if stage.track_drift:
+            x_true, v_true = saved[2 + 2 * num_anchors:]
+            stage.report.position_drift = _relative_max_error(x, x_true)
+            stage.report.velocity_drift = _relative_max_error(
+                v, v_true, floor=1.0)
+        grad_v0 = grad_v if ctx.has_v0 and ctx.needs_input_grad[4] else None
+        grad_x0 = grad_x if ctx.needs_input_grad[3] else None
+        return (None, None, None, grad_x0, grad_v0, *param_grads)
+
+
+def _check_finite(stage, what: str, x: Tensor, v: Tensor) -> None:
+    if not (torch.isfinite(x).all() and torch.isfinite(v).all()):
+        if what == 'forward output':
+            cause = ('the forward pass of the stage already produced '
+                     'non-finite values (non-finite input, or overflow '
+                     'inside a residual function)')
+        else:
+            cause = ('the reconstruction diverged; gamma is too small for '
+                     'the number of blocks, or a residual function '
+                     'overflowed when evaluated again')
+        raise FloatingPointError(
+            f'Momentum stage {stage.name!r}: non-finite {what} in the '
+            f'memory-saving backward: {cause}.')
+
+
+def momentum_stage_memory_saving(stage, functions: Sequence[nn.Module],
+                                 x: Tensor, v0: Optional[Tensor]) -> Tensor:
+    """Run ``functions`` through :class:`MomentumStageFunction`."""
+    params, layout = _parameter_layout(functions)
+    return MomentumStageFunction.apply(stage, list(functions), layout, x, v0,
+                                       *params)
