@@ -1,4 +1,5 @@
 """mmrevnet: m-RevNet reversible momentum backbones for OpenMMLab."""
+
 from . import compat
 from .version import __version__, version_info
 

@@ -19,9 +19,11 @@ breakage does not exist.
    ``weights_only=True``; mmengine 0.10.x calls it without that argument,
    and its checkpoints pickle a ``HistoryBuffer`` and numpy objects. Instead
    of switching the safety off globally (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``)
-   we allow exactly those globals with ``torch.serialization.add_safe_globals``.
-   On torch versions without that function nothing is done.
+   we allow exactly those globals with
+   ``torch.serialization.add_safe_globals``. On torch versions without that
+   function nothing is done.
 """
+
 import importlib
 import importlib.util
 import os
@@ -50,7 +52,8 @@ def _unavailable_op(name: str):
         raise RuntimeError(
             f'mmcv.ops.{name} needs the compiled ops of the full mmcv '
             'package, and the installed mmcv (mmcv-lite) has none. '
-            'Install mmcv instead of mmcv-lite to use it.')
+            'Install mmcv instead of mmcv-lite to use it.'
+        )
 
     raise_unavailable.__name__ = name
     return raise_unavailable
@@ -68,8 +71,10 @@ def patch_mmcv_lite_ops() -> bool:
 
     ops_dir = os.path.join(os.path.dirname(mmcv.__file__), 'ops')
     ops = types.ModuleType('mmcv.ops')
-    ops.__doc__ = ('mmcv.ops without compiled extension, registered by '
-                   'mmrevnet.compat (pure-PyTorch ops only).')
+    ops.__doc__ = (
+        'mmcv.ops without compiled extension, registered by '
+        'mmrevnet.compat (pure-PyTorch ops only).'
+    )
     ops.__path__ = [ops_dir]
     ops.__package__ = 'mmcv.ops'
     ops.__mmrevnet_patched__ = True
@@ -86,7 +91,8 @@ def patch_mmcv_lite_ops() -> bool:
         raise ModuleNotFoundError(
             f'mmcv.ops.{name} is a compiled op and mmcv-lite ships no '
             'compiled extension (mmcv._ext); install the full mmcv package.',
-            name='mmcv._ext')
+            name='mmcv._ext',
+        )
 
     ops.__getattr__ = __getattr__
     return True
@@ -102,13 +108,29 @@ def _mmengine_checkpoint_globals() -> List[type]:
         multiarray = np.core.multiarray
     dtype_classes = {
         type(np.dtype(t))
-        for t in (np.float16, np.float32, np.float64, np.int8, np.int16,
-                  np.int32, np.int64, np.uint8, np.bool_, np.uint16,
-                  np.uint32, np.uint64)
+        for t in (
+            np.float16,
+            np.float32,
+            np.float64,
+            np.int8,
+            np.int16,
+            np.int32,
+            np.int64,
+            np.uint8,
+            np.bool_,
+            np.uint16,
+            np.uint32,
+            np.uint64,
+        )
     }
     return [
-        HistoryBuffer, np.dtype, np.ndarray, multiarray.scalar,
-        multiarray._reconstruct, getattr, *sorted(dtype_classes, key=str)
+        HistoryBuffer,
+        np.dtype,
+        np.ndarray,
+        multiarray.scalar,
+        multiarray._reconstruct,
+        getattr,
+        *sorted(dtype_classes, key=str),
     ]
 
 

@@ -21,35 +21,48 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+_NORM_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
 @contextlib.contextmanager
 def frozen_norm_buffers(modules: Iterable[nn.Module]):
-    """Run train-mode BatchNorm layers on batch statistics, buffers untouched.
+    """Let train-mode BatchNorm layers run without changing their buffers.
 
-    Setting ``track_running_stats`` to False for the duration makes
-    ``_BatchNorm.forward`` (and ``SyncBatchNorm.forward``) normalise with
-    batch statistics and skip both the running-stat update and the
-    ``num_batches_tracked`` increment. Layers in eval mode are left alone:
-    they already use (and never change) their running statistics.
+    Each train-mode BatchNorm layer (``SyncBatchNorm`` included) gets
+    scratch copies of ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` for the duration; the originals are put back
+    afterwards, untouched. The layer still normalises with the statistics
+    of the batch it sees, and it records the same saved tensors as in the
+    forward pass, which non-reentrant ``torch.utils.checkpoint`` checks
+    (switching ``track_running_stats`` off instead would change them).
+    Layers in eval mode are left alone: they never change their buffers.
 
     Args:
         modules (Iterable[nn.Module]): Roots whose submodules are searched.
     """
-    changed: List[_BatchNorm] = []
+    swapped = []
     seen = set()
     for root in modules:
         for module in root.modules():
             if id(module) in seen:
                 continue
             seen.add(id(module))
-            if (isinstance(module, _BatchNorm) and module.training
+            if not (isinstance(module, _BatchNorm) and module.training
                     and module.track_running_stats):
-                module.track_running_stats = False
-                changed.append(module)
+                continue
+            originals = {}
+            for name in _NORM_BUFFERS:
+                buffer = getattr(module, name, None)
+                if buffer is not None:
+                    originals[name] = buffer
+                    setattr(module, name, buffer.clone())
+            swapped.append((module, originals))
     try:
         yield
     finally:
-        for module in changed:
-            module.track_running_stats = True
+        for module, originals in swapped:
+            for name, buffer in originals.items():
+                setattr(module, name, buffer)
 
 
 def _rng_devices(tensor: torch.Tensor) -> List[torch.device]:
@@ -113,21 +126,29 @@ def autocast_active(tensor: torch.Tensor) -> bool:
     return torch.is_autocast_enabled(tensor.device.type)
 
 
-def checkpointed_call(module: nn.Module, *inputs: torch.Tensor):
+def checkpointed_call(function, *inputs: torch.Tensor,
+                      norm_modules: Optional[Iterable[nn.Module]] = None):
     """``torch.utils.checkpoint`` whose recomputation leaves BN buffers alone.
 
     Non-reentrant checkpointing (it works with ``torch.autograd.grad`` and
     inputs that do not require grad) with the RNG state preserved and, in the
-    recomputation only, :func:`frozen_norm_buffers` applied to ``module``.
+    recomputation only, :func:`frozen_norm_buffers` applied.
 
     Args:
-        module (nn.Module): The module to run.
+        function (Callable): The module or function to run.
         *inputs (torch.Tensor): Its inputs.
+        norm_modules (Iterable[nn.Module], optional): Modules whose BN
+            buffers the recomputation must not touch. Defaults to
+            ``[function]`` when ``function`` is a module.
     """
     from torch.utils.checkpoint import checkpoint
 
+    if norm_modules is None:
+        norm_modules = [function] if isinstance(function, nn.Module) else []
+    norm_modules = list(norm_modules)
+
     def contexts():
-        return contextlib.nullcontext(), frozen_norm_buffers([module])
+        return contextlib.nullcontext(), frozen_norm_buffers(norm_modules)
 
     return checkpoint(
-        module, *inputs, use_reentrant=False, context_fn=contexts)
+        function, *inputs, use_reentrant=False, context_fn=contexts)

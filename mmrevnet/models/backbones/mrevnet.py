@@ -1,0 +1,514 @@
+"""m-RevNet backbones: ResNet layouts whose stages are momentum stages.
+
+m-RevNet: Deep Reversible Neural Networks with Momentum (Li & Gao,
+ICCV 2021, arXiv 2108.05862); the update is the one of Momentum Residual
+Neural Networks (Sander et al., ICML 2021).
+"""
+import numbers
+from typing import Dict, Optional, Sequence
+
+import torch
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmengine.model import Sequential
+from mmengine.registry import MODELS
+from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from torch import Tensor, nn
+
+from mmrevnet.reversible import MomentumStage, checkpointed_call
+
+RESIDUAL_FNS = ('branch', 'block')
+
+
+def _basic_branch(block: BasicBlock, x: Tensor) -> Tensor:
+    out = block.relu(block.norm1(block.conv1(x)))
+    return block.norm2(block.conv2(out))
+
+
+def _bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
+    out = block.relu(block.norm1(block.conv1(x)))
+    out = block.relu(block.norm2(block.conv2(out)))
+    return block.norm3(block.conv3(out))
+
+
+class _MomentumResidual:
+    """Turns a ResNet block into the residual function ``F`` of a stage.
+
+    ``residual_fn='branch'`` gives the residual branch (convolutions and
+    norms, no identity, no final ReLU), as in m-RevNet. ``'block'`` gives
+    ``block(x) - x``, so that ``gamma = 0`` is exactly the ResNet block
+    (Momentum ResNets' choice for warm-starting from ResNet weights).
+    Parameter names are those of the ResNet block.
+    """
+
+    residual_fn = 'branch'
+
+    def forward(self, x: Tensor) -> Tensor:
+        branch = self._branch(x)
+        if self.residual_fn == 'branch':
+            return branch
+        return self.relu(branch + x) - x
+
+
+class MomentumBasicBlock(_MomentumResidual, BasicBlock):
+    """``F`` built from a :class:`BasicBlock` (same parameter names)."""
+
+    _branch = _basic_branch
+
+
+class MomentumBottleneck(_MomentumResidual, Bottleneck):
+    """``F`` built from a :class:`Bottleneck` (same parameter names)."""
+
+    _branch = _bottleneck_branch
+
+
+_MOMENTUM_BLOCKS = {
+    BasicBlock: MomentumBasicBlock,
+    Bottleneck: MomentumBottleneck
+}
+
+
+def _needs_grad(modules: Sequence[nn.Module], x: Tensor) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for m in modules
+                                  for p in m.parameters())
+
+
+class MomentumResLayer(Sequential):
+    """One stage: a ResNet transition block, then a momentum stage.
+
+    Block 0 changes stride, dilation and width exactly like the first block
+    of a ResNet stage (with its downsample branch); blocks ``1..n-1`` are the
+    residual functions of a :class:`MomentumStage` whose velocity starts at
+    zero. Children are named ``0 .. n-1`` so that the parameter names equal
+    those of mmseg's ``ResLayer``.
+
+    Args:
+        block (type): :class:`BasicBlock` or :class:`Bottleneck`.
+        inplanes (int): Input channels.
+        planes (int): Block width (output is ``planes * expansion``).
+        num_blocks (int): Blocks in the stage (at least 1).
+        stage (MomentumStage): Settings of the momentum stage.
+        stride (int): Stride of block 0. Defaults to 1.
+        dilation (int): Dilation of the stage. Defaults to 1.
+        avg_down (bool): AvgPool before the downsample conv.
+            Defaults to False.
+        conv_cfg (dict, optional): Conv layer config. Defaults to None.
+        norm_cfg (dict): Norm layer config. Defaults to dict(type='BN').
+        multi_grid (Sequence[int], optional): Per-block dilations of the
+            stage. Defaults to None.
+        contract_dilation (bool): Halve the dilation of block 0.
+            Defaults to False.
+        checkpoint_transition (bool): Checkpoint block 0 in training.
+            Defaults to True.
+        residual_fn (str): ``'branch'`` or ``'block'``. Defaults to
+            ``'branch'``.
+        **kwargs: Passed to every block (``style``, ``init_cfg``).
+    """
+
+    def __init__(self,
+                 block,
+                 inplanes: int,
+                 planes: int,
+                 num_blocks: int,
+                 stage: MomentumStage,
+                 stride: int = 1,
+                 dilation: int = 1,
+                 avg_down: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 multi_grid: Optional[Sequence[int]] = None,
+                 contract_dilation: bool = False,
+                 checkpoint_transition: bool = True,
+                 residual_fn: str = 'branch',
+                 **kwargs):
+        downsample = None
+        outplanes = planes * block.expansion
+        if stride != 1 or inplanes != outplanes:
+            layers = []
+            conv_stride = stride
+            if avg_down:
+                conv_stride = 1
+                layers.append(
+                    nn.AvgPool2d(
+                        kernel_size=stride,
+                        stride=stride,
+                        ceil_mode=True,
+                        count_include_pad=False))
+            layers += [
+                build_conv_layer(
+                    conv_cfg,
+                    inplanes,
+                    outplanes,
+                    kernel_size=1,
+                    stride=conv_stride,
+                    bias=False),
+                build_norm_layer(norm_cfg, outplanes)[1]
+            ]
+            downsample = nn.Sequential(*layers)
+        if multi_grid is not None:
+            dilations = list(multi_grid)
+        else:
+            first = dilation // 2 if (dilation > 1
+                                      and contract_dilation) else dilation
+            dilations = [first] + [dilation] * (num_blocks - 1)
+        blocks = [
+            block(
+                inplanes=inplanes,
+                planes=planes,
+                stride=stride,
+                dilation=dilations[0],
+                downsample=downsample,
+                conv_cfg=conv_cfg,
+                norm_cfg=norm_cfg,
+                **kwargs)
+        ]
+        momentum_block = _MOMENTUM_BLOCKS[block]
+        for index in range(1, num_blocks):
+            function = momentum_block(
+                inplanes=outplanes,
+                planes=planes,
+                stride=1,
+                dilation=dilations[index],
+                conv_cfg=conv_cfg,
+                norm_cfg=norm_cfg,
+                **kwargs)
+            function.residual_fn = residual_fn
+            blocks.append(function)
+        super().__init__(*blocks)
+        self.stage = stage
+        self.checkpoint_transition = checkpoint_transition
+
+    @property
+    def functions(self):
+        """The residual functions of the momentum stage."""
+        return list(self)[1:]
+
+    def forward(self, x: Tensor) -> Tensor:
+        transition = self[0]
+        if (self.checkpoint_transition and self.training
+                and _needs_grad([transition], x)):
+            x = checkpointed_call(transition, x)
+        else:
+            x = transition(x)
+        return self.stage(self.functions, x, training=self.training)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@MODELS.register_module()
+class MRevNet(ResNet):
+    """m-RevNet backbone: a ResNet whose stages are reversible momentum stages.
+
+    A drop-in replacement for mmseg's ``ResNet``: same arguments with the
+    same meaning and defaults, same output shapes and the same state-dict
+    keys, so ImageNet ResNet checkpoints load without missing keys. Inside
+    each stage, block 0 is the ordinary ResNet block (stride, dilation,
+    width change) and blocks ``1..n-1`` run the momentum update
+    ``v <- gamma * v + (1 - gamma) * F(x); x <- x + v`` with a velocity that
+    starts at zero (m-RevNet, Li & Gao, ICCV 2021; Momentum ResNets,
+    Sander et al., ICML 2021).
+
+    With ``memory_saving=True``, in training, the momentum blocks keep no
+    activations (the backward reconstructs them from the stage end), and the
+    stem and the transition blocks are checkpointed, so activation memory no
+    longer grows with depth. In eval mode or under ``torch.no_grad()`` every
+    module runs plainly.
+
+    Args:
+        depth (int): Depth of the network, from {18, 34, 50, 101, 152}.
+        in_channels (int): Number of input image channels. Defaults to 3.
+        stem_channels (int): Number of stem channels. Defaults to 64.
+        base_channels (int): Number of base channels of res layer.
+            Defaults to 64.
+        num_stages (int): Number of stages, 1 to 4. Defaults to 4.
+        strides (Sequence[int]): Strides of the first block of each stage.
+            Defaults to (1, 2, 2, 2).
+        dilations (Sequence[int]): Dilation of each stage.
+            Defaults to (1, 1, 1, 1).
+        out_indices (Sequence[int]): Output from which stages.
+            Defaults to (0, 1, 2, 3).
+        style (str): ``'pytorch'`` or ``'caffe'``: where the stride-two
+            layer of a bottleneck is. Defaults to ``'pytorch'``.
+        deep_stem (bool): Three 3x3 convs instead of the 7x7 stem conv.
+            Defaults to False.
+        avg_down (bool): AvgPool instead of a strided conv in the downsample
+            branch. Defaults to False.
+        frozen_stages (int): Stages to freeze (no grad, BN in eval); -1
+            freezes nothing, 0 the stem. Defaults to -1.
+        conv_cfg (dict, optional): Conv layer config. Defaults to None.
+        norm_cfg (dict): Norm layer config.
+            Defaults to ``dict(type='BN', requires_grad=True)``.
+        norm_eval (bool): Keep BN layers in eval mode during training.
+            Defaults to False.
+        dcn (dict, optional): Not supported; must be None.
+        stage_with_dcn (Sequence[bool]): Only all-False is supported.
+            Defaults to (False, False, False, False).
+        plugins (list[dict], optional): Not supported; must be None.
+        multi_grid (Sequence[int], optional): Dilation rates of the blocks of
+            the last stage. Defaults to None.
+        contract_dilation (bool): Halve the dilation of the first block of a
+            dilated stage. Defaults to False.
+        with_cp (bool): Checkpoint the stem and the transition blocks, and
+            with ``memory_saving=False`` each momentum block too. With
+            ``memory_saving=True`` the stem and the transition blocks are
+            checkpointed anyway, so it changes nothing there.
+            Defaults to False.
+        zero_init_residual (bool): Zero-init the last norm of every block.
+            Defaults to True.
+        pretrained (str, optional): Deprecated; use ``init_cfg``.
+            Defaults to None.
+        init_cfg (dict | list[dict], optional): Initialization config.
+            Defaults to None.
+        gamma (float): Momentum ``gamma = 1 - mu`` of the velocity update;
+            in (0, 1) with ``memory_saving=True``, [0, 1) otherwise.
+            Defaults to 0.9.
+        memory_saving (bool): Reconstruct activations in the backward pass
+            instead of storing them. Defaults to True.
+        residual_fn (str): The residual function ``F`` of momentum blocks:
+            ``'branch'`` (the block's residual branch, as in m-RevNet) or
+            ``'block'`` (``block(x) - x``; with ``gamma = 0`` the network is
+            exactly the ResNet). Defaults to ``'branch'``.
+        track_drift (bool): Measure in every backward how far each stage's
+            reconstructed input drifted from the true one (keeps two extra
+            tensors per stage; see :meth:`reconstruction_drift`).
+            Defaults to False.
+    """
+
+    def __init__(self,
+                 depth: int,
+                 in_channels: int = 3,
+                 stem_channels: int = 64,
+                 base_channels: int = 64,
+                 num_stages: int = 4,
+                 strides: Sequence[int] = (1, 2, 2, 2),
+                 dilations: Sequence[int] = (1, 1, 1, 1),
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 style: str = 'pytorch',
+                 deep_stem: bool = False,
+                 avg_down: bool = False,
+                 frozen_stages: int = -1,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN', requires_grad=True),
+                 norm_eval: bool = False,
+                 dcn: Optional[dict] = None,
+                 stage_with_dcn: Sequence[bool] = (False, False, False,
+                                                   False),
+                 plugins: Optional[list] = None,
+                 multi_grid: Optional[Sequence[int]] = None,
+                 contract_dilation: bool = False,
+                 with_cp: bool = False,
+                 zero_init_residual: bool = True,
+                 pretrained: Optional[str] = None,
+                 init_cfg=None,
+                 gamma: float = 0.9,
+                 memory_saving: bool = True,
+                 residual_fn: str = 'branch',
+                 track_drift: bool = False):
+        _check_arguments(
+            arch_settings=self.arch_settings,
+            depth=depth,
+            in_channels=in_channels,
+            stem_channels=stem_channels,
+            base_channels=base_channels,
+            num_stages=num_stages,
+            strides=strides,
+            dilations=dilations,
+            out_indices=out_indices,
+            style=style,
+            frozen_stages=frozen_stages,
+            dcn=dcn,
+            stage_with_dcn=stage_with_dcn,
+            plugins=plugins,
+            multi_grid=multi_grid,
+            residual_fn=residual_fn)
+        self.gamma = gamma
+        self.memory_saving = memory_saving
+        self.residual_fn = residual_fn
+        self.track_drift = track_drift
+        self._checkpoint_blocks = bool(memory_saving or with_cp)
+        self._num_stages_built = 0
+        self.stages: Dict[str, MomentumStage] = {}
+        super().__init__(
+            depth=depth,
+            in_channels=in_channels,
+            stem_channels=stem_channels,
+            base_channels=base_channels,
+            num_stages=num_stages,
+            strides=tuple(strides),
+            dilations=tuple(dilations),
+            out_indices=tuple(out_indices),
+            style=style,
+            deep_stem=deep_stem,
+            avg_down=avg_down,
+            frozen_stages=frozen_stages,
+            conv_cfg=conv_cfg,
+            norm_cfg=norm_cfg,
+            norm_eval=norm_eval,
+            dcn=None,
+            stage_with_dcn=stage_with_dcn,
+            plugins=None,
+            multi_grid=multi_grid,
+            contract_dilation=contract_dilation,
+            with_cp=with_cp,
+            zero_init_residual=zero_init_residual,
+            pretrained=pretrained,
+            init_cfg=init_cfg)
+        self.in_channels = in_channels
+
+    def make_res_layer(self, **kwargs) -> MomentumResLayer:
+        """Build one stage as a :class:`MomentumResLayer`."""
+        self._num_stages_built += 1
+        name = f'layer{self._num_stages_built}'
+        for unused in ('dcn', 'plugins'):
+            kwargs.pop(unused)
+        with_cp = kwargs.pop('with_cp')
+        stage = MomentumStage(
+            kwargs['num_blocks'] - 1,
+            gamma=self.gamma,
+            memory_saving=self.memory_saving,
+            name=name,
+            track_drift=self.track_drift,
+            with_cp=with_cp)
+        self.stages[name] = stage
+        return MomentumResLayer(
+            stage=stage,
+            checkpoint_transition=self._checkpoint_blocks,
+            residual_fn=self.residual_fn,
+            **kwargs)
+
+    def _stem_modules(self):
+        if self.deep_stem:
+            return [self.stem]
+        return [self.conv1, self.norm1]
+
+    def _forward_stem(self, x: Tensor) -> Tensor:
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        return self.maxpool(x)
+
+    def forward(self, x: Tensor) -> tuple:
+        """Forward function; returns the outputs of ``out_indices``."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'{type(self).__name__} expects input of shape (N, '
+                f'in_channels={self.in_channels}, H, W), got '
+                f'{tuple(x.shape)}')
+        stem_modules = self._stem_modules()
+        if (self._checkpoint_blocks and self.training
+                and _needs_grad(stem_modules, x)):
+            x = checkpointed_call(
+                self._forward_stem, x, norm_modules=stem_modules)
+        else:
+            x = self._forward_stem(x)
+        outs = []
+        for i, layer_name in enumerate(self.res_layers):
+            x = getattr(self, layer_name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def reconstruction_drift(self) -> Dict[str, Optional[float]]:
+        """Drift of each stage's reconstructed input in the last backward.
+
+        Only measured with ``track_drift=True``: relative max error
+        ``max|x0_rec - x0| / max|x0|`` per stage name (None before the
+        first memory-saving backward).
+        """
+        return {
+            name: stage.report.position_drift
+            for name, stage in self.stages.items()
+        }
+
+
+@MODELS.register_module()
+class MRevNetV1c(MRevNet):
+    """MRevNet with the deep stem of ResNetV1c (three 3x3 convs).
+
+    Keys and layout equal mmseg's ``ResNetV1c`` (Bag of Tricks for Image
+    Classification with Convolutional Neural Networks, He et al., 2019).
+    """
+
+    def __init__(self, **kwargs):
+        _check_fixed(type(self).__name__, kwargs, deep_stem=True,
+                     avg_down=False)
+        super().__init__(deep_stem=True, avg_down=False, **kwargs)
+
+
+@MODELS.register_module()
+class MRevNetV1d(MRevNet):
+    """MRevNet with the deep stem and avg-pool downsampling of ResNetV1d."""
+
+    def __init__(self, **kwargs):
+        _check_fixed(type(self).__name__, kwargs, deep_stem=True,
+                     avg_down=True)
+        super().__init__(deep_stem=True, avg_down=True, **kwargs)
+
+
+def _check_fixed(name: str, kwargs: dict, **fixed) -> None:
+    for key, value in fixed.items():
+        if key in kwargs and kwargs[key] != value:
+            raise ValueError(f'{name} fixes {key}={value}; got {key}='
+                             f'{kwargs[key]!r} (use MRevNet instead)')
+        kwargs.pop(key, None)
+
+
+def _check_arguments(arch_settings, depth, in_channels, stem_channels,
+                     base_channels, num_stages, strides, dilations,
+                     out_indices, style, frozen_stages, dcn, stage_with_dcn,
+                     plugins, multi_grid, residual_fn) -> None:
+    """Reject what mmseg's ResNet would assert on, and what we lack."""
+    if dcn is not None or any(stage_with_dcn):
+        raise NotImplementedError(
+            'MRevNet does not support dcn (deformable convolutions); '
+            f'got dcn={dcn!r}, stage_with_dcn={tuple(stage_with_dcn)}. '
+            'Use dcn=None.')
+    if plugins is not None:
+        raise NotImplementedError(
+            f'MRevNet does not support plugins; got plugins={plugins!r}. '
+            'Use plugins=None.')
+    if depth not in arch_settings:
+        raise KeyError(f'invalid depth {depth!r} for MRevNet: depth must be '
+                       f'one of {sorted(arch_settings)}')
+    for name, value in (('in_channels', in_channels),
+                        ('stem_channels', stem_channels),
+                        ('base_channels', base_channels)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f'{name} must be a positive int, got {value!r}')
+    if not _is_int(num_stages) or not 1 <= num_stages <= 4:
+        raise ValueError(f'num_stages must be 1, 2, 3 or 4, got '
+                         f'{num_stages!r}')
+    for name, value in (('strides', strides), ('dilations', dilations)):
+        if (not isinstance(value, Sequence) or len(value) != num_stages
+                or not all(_is_int(v) and v >= 1 for v in value)):
+            raise ValueError(
+                f'{name} must be {num_stages} positive ints (one per stage, '
+                f'num_stages={num_stages}), got {value!r}')
+    if (not isinstance(out_indices, Sequence) or not out_indices
+            or not all(_is_int(i) and 0 <= i < num_stages
+                       for i in out_indices)):
+        raise ValueError(
+            f'out_indices must be a non-empty sequence of stage indices in '
+            f'[0, {num_stages - 1}] (num_stages={num_stages}), got '
+            f'{out_indices!r}')
+    if style not in ('pytorch', 'caffe'):
+        raise ValueError(
+            f"style must be 'pytorch' or 'caffe', got {style!r}")
+    if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
+        raise ValueError(
+            f'frozen_stages must be an int in [-1, {num_stages}] '
+            f'(num_stages={num_stages}), got {frozen_stages!r}')
+    if multi_grid is not None:
+        last_blocks = arch_settings[depth][1][num_stages - 1]
+        if (len(multi_grid) != last_blocks
+                or not all(_is_int(d) and d >= 1 for d in multi_grid)):
+            raise ValueError(
+                f'multi_grid must give one positive dilation per block of '
+                f'the last stage ({last_blocks} blocks), got {multi_grid!r}')
+    if residual_fn not in RESIDUAL_FNS:
+        raise ValueError(f'residual_fn must be one of {RESIDUAL_FNS}, got '
+                         f'{residual_fn!r}')
