@@ -30,6 +30,7 @@ with its parameters; calling it again with the same parameters is a no-op.
 
 This module only depends on numpy and OpenCV (no torch, no OpenMMLab).
 """
+
 import functools
 import json
 import math
@@ -43,10 +44,17 @@ import cv2
 import numpy as np
 
 __all__ = [
-    'CITYSCAPES_CLASSES', 'CITYSCAPES_PALETTE', 'ADE20K_NUM_CLASSES',
-    'MANIFEST_NAME', 'GENERATOR_VERSION', 'ClassAppearance',
-    'class_appearance', 'render_scene', 'generate_cityscapes',
-    'generate_ade20k', 'generate_imagefolder'
+    'CITYSCAPES_CLASSES',
+    'CITYSCAPES_PALETTE',
+    'ADE20K_NUM_CLASSES',
+    'MANIFEST_NAME',
+    'GENERATOR_VERSION',
+    'ClassAppearance',
+    'class_appearance',
+    'render_scene',
+    'generate_cityscapes',
+    'generate_ade20k',
+    'generate_imagefolder',
 ]
 
 #: Bump when the output of the generator changes for the same parameters;
@@ -58,20 +66,52 @@ MANIFEST_NAME = 'mmrevnet_synthetic.json'
 
 #: Class names of the Cityscapes trainIds 0..18, as in mmseg's
 #: ``CityscapesDataset.METAINFO``.
-CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence',
-                      'pole', 'traffic light', 'traffic sign', 'vegetation',
-                      'terrain', 'sky', 'person', 'rider', 'car', 'truck',
-                      'bus', 'train', 'motorcycle', 'bicycle')
+CITYSCAPES_CLASSES = (
+    'road',
+    'sidewalk',
+    'building',
+    'wall',
+    'fence',
+    'pole',
+    'traffic light',
+    'traffic sign',
+    'vegetation',
+    'terrain',
+    'sky',
+    'person',
+    'rider',
+    'car',
+    'truck',
+    'bus',
+    'train',
+    'motorcycle',
+    'bicycle',
+)
 
 #: Visualisation palette of the Cityscapes trainIds, as in mmseg's
 #: ``CityscapesDataset.METAINFO``. It is *not* the appearance of the
 #: synthetic classes (several of these colours are nearly equal).
-CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70),
-                      (102, 102, 156), (190, 153, 153), (153, 153, 153),
-                      (250, 170, 30), (220, 220, 0), (107, 142, 35),
-                      (152, 251, 152), (70, 130, 180), (220, 20, 60),
-                      (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-                      (0, 80, 100), (0, 0, 230), (119, 11, 32))
+CITYSCAPES_PALETTE = (
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
 
 #: Number of classes of ADE20K (labels 1..150 in the annotation files).
 ADE20K_NUM_CLASSES = 150
@@ -101,9 +141,15 @@ class ClassAppearance:
             the texture modulates the colour.
     """
 
-    def __init__(self, mean: np.ndarray, texture: Sequence[str],
-                 period: np.ndarray, angle: np.ndarray,
-                 amplitude: np.ndarray, direction: np.ndarray) -> None:
+    def __init__(
+        self,
+        mean: np.ndarray,
+        texture: Sequence[str],
+        period: np.ndarray,
+        angle: np.ndarray,
+        amplitude: np.ndarray,
+        direction: np.ndarray,
+    ) -> None:
         self.mean = mean
         self.texture = tuple(texture)
         self.period = period
@@ -125,7 +171,7 @@ def _spread_colours(num: int, rng: np.random.Generator) -> np.ndarray:
     Returns:
         np.ndarray: ``(num, 3)`` float32 colours within [40, 215].
     """
-    steps = max(6, int(math.ceil(num**(1 / 3))) * 3)
+    steps = max(6, int(math.ceil(num ** (1 / 3))) * 3)
     axis = np.linspace(40.0, 215.0, steps)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing='ij'), -1)
     grid = grid.reshape(-1, 3)
@@ -163,8 +209,9 @@ def class_appearance(num_classes: int, seed: int = 0) -> ClassAppearance:
     amplitude = rng.uniform(14.0, 30.0, num_classes).astype(np.float32)
     direction = rng.normal(size=(num_classes, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    return ClassAppearance(mean, texture, period, angle, amplitude,
-                           direction.astype(np.float32))
+    return ClassAppearance(
+        mean, texture, period, angle, amplitude, direction.astype(np.float32)
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -174,8 +221,14 @@ def _grid(height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _texture(kind: str, period: float, angle: float, height: int,
-             width: int, rng: np.random.Generator) -> np.ndarray:
+def _texture(
+    kind: str,
+    period: float,
+    angle: float,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Texture pattern with values in [-1, 1] over the whole image.
 
     Args:
@@ -190,11 +243,14 @@ def _texture(kind: str, period: float, angle: float, height: int,
         np.ndarray: ``(H, W)`` float32 pattern.
     """
     if kind == 'grain':
-        cells = (max(2, int(round(height / period * 2))),
-                 max(2, int(round(width / period * 2))))
+        cells = (
+            max(2, int(round(height / period * 2))),
+            max(2, int(round(width / period * 2))),
+        )
         coarse = rng.standard_normal(cells).astype(np.float32)
-        fine = cv2.resize(coarse, (width, height),
-                          interpolation=cv2.INTER_LINEAR)
+        fine = cv2.resize(
+            coarse, (width, height), interpolation=cv2.INTER_LINEAR
+        )
         return np.clip(fine, -1.5, 1.5) / 1.5
     yy, xx = _grid(height, width)
     cos, sin = math.cos(angle), math.sin(angle)
@@ -219,21 +275,28 @@ def _difficulty_params(difficulty: float) -> Dict[str, float]:
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError(f'difficulty must be in [0, 1], got {difficulty}')
     d = float(difficulty)
+    # Pixel noise grows fastest: it is averaged away by a network's
+    # receptive field but defeats a per-pixel colour classifier. Per-shape
+    # and per-image shifts, which no context can undo, grow slower.
     return dict(
-        noise=3.0 + 27.0 * d,  # std of the i.i.d. pixel noise
-        shape_shift=4.0 + 26.0 * d,  # std of the per-shape colour offset
-        shape_gain=0.04 + 0.2 * d,  # per-shape brightness jitter
-        global_gain=0.04 + 0.2 * d,  # per-image brightness jitter
-        cast=2.0 + 14.0 * d,  # std of the per-image colour cast
-        contrast=1.0 - 0.5 * d,  # shrink of class colours towards grey
+        noise=4.0 + 36.0 * d,  # std of the i.i.d. pixel noise
+        shape_shift=3.0 + 12.0 * d,  # std of the per-shape colour offset
+        shape_gain=0.03 + 0.12 * d,  # per-shape brightness jitter
+        global_gain=0.03 + 0.12 * d,  # per-image brightness jitter
+        cast=2.0 + 8.0 * d,  # std of the per-image colour cast
+        contrast=1.0 - 0.3 * d,  # shrink of class colours towards grey
         angle_jitter=0.1 + 0.5 * d,  # texture orientation jitter (rad)
         period_jitter=0.05 + 0.25 * d,  # relative texture period jitter
     )
 
 
-def _draw_shape(canvas: np.ndarray, value: int, rng: np.random.Generator,
-                scale: Tuple[float, float],
-                kind: Optional[str] = None) -> None:
+def _draw_shape(
+    canvas: np.ndarray,
+    value: int,
+    rng: np.random.Generator,
+    scale: Tuple[float, float],
+    kind: Optional[str] = None,
+) -> None:
     """Draw one random filled shape with ``value`` into ``canvas``.
 
     Args:
@@ -247,9 +310,10 @@ def _draw_shape(canvas: np.ndarray, value: int, rng: np.random.Generator,
     """
     height, width = canvas.shape
     if kind is None:
-        kind = ('rect', 'ellipse', 'polygon', 'stripe')[int(
-            rng.choice(4, p=(0.3, 0.3, 0.3, 0.1)))]
-    colour = (int(value), )
+        kind = ('rect', 'ellipse', 'polygon', 'stripe')[
+            int(rng.choice(4, p=(0.3, 0.3, 0.3, 0.1)))
+        ]
+    colour = (int(value),)
     cy = rng.uniform(0.05, 0.95) * height
     cx = rng.uniform(0.05, 0.95) * width
     sh = rng.uniform(*scale) * height
@@ -259,32 +323,50 @@ def _draw_shape(canvas: np.ndarray, value: int, rng: np.random.Generator,
         box = cv2.boxPoints(((cx, cy), (sw, sh), angle))
         cv2.fillPoly(canvas, [np.round(box).astype(np.int32)], colour)
     elif kind == 'ellipse':
-        cv2.ellipse(canvas, (int(round(cx)), int(round(cy))),
-                    (max(2, int(sw / 2)), max(2, int(sh / 2))),
-                    float(rng.uniform(0, 180)), 0, 360, colour, -1)
+        cv2.ellipse(
+            canvas,
+            (int(round(cx)), int(round(cy))),
+            (max(2, int(sw / 2)), max(2, int(sh / 2))),
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            colour,
+            -1,
+        )
     elif kind == 'polygon':
         num = int(rng.integers(3, 7))
-        theta = np.sort(rng.uniform(0, 2 * math.pi, num))
+        # Roughly evenly spread vertices: no needle-like slivers.
+        theta = rng.uniform(0, 2 * math.pi) + (
+            np.arange(num) + rng.uniform(-0.3, 0.3, num)
+        ) * (2 * math.pi / num)
         radius = rng.uniform(0.65, 1.0, num)
-        pts = np.stack([
-            cx + radius * np.cos(theta) * sw * 0.6,
-            cy + radius * np.sin(theta) * sh * 0.6
-        ], -1)
+        pts = np.stack(
+            [
+                cx + radius * np.cos(theta) * sw * 0.6,
+                cy + radius * np.sin(theta) * sh * 0.6,
+            ],
+            -1,
+        )
         cv2.fillPoly(canvas, [np.round(pts).astype(np.int32)], colour)
     elif kind == 'stripe':
         angle = rng.uniform(0, math.pi)
         length = max(height, width) * rng.uniform(0.6, 1.2)
         dx, dy = math.cos(angle) * length / 2, math.sin(angle) * length / 2
-        thick = max(3, int(round(min(height, width) * rng.uniform(
-            0.1, 0.2))))
-        cv2.line(canvas, (int(cx - dx), int(cy - dy)),
-                 (int(cx + dx), int(cy + dy)), colour, thick)
+        thick = max(3, int(round(min(height, width) * rng.uniform(0.1, 0.2))))
+        cv2.line(
+            canvas,
+            (int(cx - dx), int(cy - dy)),
+            (int(cx + dx), int(cy + dy)),
+            colour,
+            thick,
+        )
     else:
         raise ValueError(f'unknown shape {kind!r}')
 
 
-def _class_schedule(num_classes: int, per_image: int, index: int,
-                    seed: int, split: str) -> List[int]:
+def _class_schedule(
+    num_classes: int, per_image: int, index: int, seed: int, split: str
+) -> List[int]:
     """Classes of image ``index``: a balanced walk over class permutations.
 
     Consecutive images take consecutive chunks of a sequence made of
@@ -308,20 +390,23 @@ def _class_schedule(num_classes: int, per_image: int, index: int,
     for pos in range(start, start + per_image):
         epoch, offset = divmod(pos, num_classes)
         rng = np.random.default_rng(
-            [seed, _SPLIT_CODES.get(split, 9), 101, epoch])
+            [seed, _SPLIT_CODES.get(split, 9), 101, epoch]
+        )
         out.append(int(rng.permutation(num_classes)[offset]))
     return out
 
 
-def render_scene(size: Tuple[int, int],
-                 classes: Sequence[int],
-                 appearance: ClassAppearance,
-                 rng: np.random.Generator,
-                 difficulty: float = 0.5,
-                 num_backgrounds: int = 2,
-                 num_void: int = 0,
-                 shape_scale: Tuple[float, float] = (0.25, 0.55),
-                 dominant: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    size: Tuple[int, int],
+    classes: Sequence[int],
+    appearance: ClassAppearance,
+    rng: np.random.Generator,
+    difficulty: float = 0.5,
+    num_backgrounds: int = 2,
+    num_void: int = 0,
+    shape_scale: Tuple[float, float] = (0.25, 0.55),
+    dominant: bool = False,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Render one scene.
 
     Args:
@@ -339,14 +424,17 @@ def render_scene(size: Tuple[int, int],
         shape_scale (tuple[float, float]): Range of the shape size as a
             fraction of the image size. Defaults to (0.25, 0.55).
         dominant (bool): Classification mode: ``classes[0]`` is the
-            background and the other shapes are kept small. Defaults to
-            False.
+            dominant background, and shapes hidden by others are not
+            re-drawn. Defaults to False.
 
     Returns:
         tuple[np.ndarray, np.ndarray]: The ``(H, W, 3)`` uint8 RGB image and
         the ``(H, W)`` int16 label map (class indices, -1 for void).
     """
     height, width = size
+    # Worst case: every class re-drawn once, plus the void blobs.
+    if 2 * len(classes) + num_void > 255:
+        raise ValueError('too many shapes for one scene (at most 255)')
     prm = _difficulty_params(difficulty)
     num_backgrounds = min(num_backgrounds, len(classes))
     inst_cls = list(classes[:num_backgrounds])
@@ -354,9 +442,10 @@ def render_scene(size: Tuple[int, int],
     if num_backgrounds == 2:
         # Second background below a slanted line (e.g. sky over road).
         y0, y1 = rng.uniform(0.3, 0.7, 2) * height
-        pts = np.array([[0, y0], [width - 1, y1], [width - 1, height],
-                        [0, height]])
-        cv2.fillPoly(inst, [np.round(pts).astype(np.int32)], (1, ))
+        pts = np.array(
+            [[0, y0], [width - 1, y1], [width - 1, height], [0, height]]
+        )
+        cv2.fillPoly(inst, [np.round(pts).astype(np.int32)], (1,))
 
     shapes = list(classes[num_backgrounds:])
     order = rng.permutation(len(shapes))
@@ -368,13 +457,17 @@ def render_scene(size: Tuple[int, int],
     min_pixels = max(16, int(0.01 * height * width))
     if not dominant:
         cls_arr = np.asarray(inst_cls)
-        counts = np.bincount(
-            cls_arr[inst].ravel(), minlength=len(appearance))
+        counts = np.bincount(cls_arr[inst].ravel(), minlength=len(appearance))
         for c in dict.fromkeys(classes):
             if counts[c] < min_pixels:
                 inst_cls.append(c)
-                _draw_shape(inst, len(inst_cls) - 1, rng, (0.25, 0.35),
-                            rng.choice(('rect', 'ellipse')))
+                _draw_shape(
+                    inst,
+                    len(inst_cls) - 1,
+                    rng,
+                    (0.25, 0.35),
+                    rng.choice(('rect', 'ellipse')),
+                )
 
     num_voids = int(rng.integers(0, num_void + 1)) if num_void else 0
     for _ in range(num_voids):
@@ -390,35 +483,51 @@ def render_scene(size: Tuple[int, int],
     num_inst = len(inst_cls)
     base = np.empty((num_inst, 3), np.float32)
     valid = inst_cls >= 0
-    base[valid] = grey + (appearance.mean[inst_cls[valid]] -
-                          grey) * prm['contrast']
+    base[valid] = (
+        grey + (appearance.mean[inst_cls[valid]] - grey) * prm['contrast']
+    )
     base[~valid] = rng.uniform(30, 225, (int((~valid).sum()), 3))
     base += rng.normal(0, prm['shape_shift'], (num_inst, 3))
     base *= 1 + rng.uniform(-1, 1, (num_inst, 1)) * prm['shape_gain']
-    image = base.astype(np.float32)[inst]
+    base = base.astype(np.float32)
 
-    # Class textures (one phase per class and image).
+    # Class textures (one phase per class and image): a scalar pattern per
+    # pixel that modulates the colour along the direction of its class.
+    tex_map = np.zeros((height, width), np.float32)
+    amp = np.zeros((num_inst, 3), np.float32)
     for c in np.unique(inst_cls):
-        mask = label == c
         if c < 0:
             tex = _texture('grain', 4.0, 0.0, height, width, rng)
-            amp = np.float32(40.0) * rng.normal(size=3).astype(np.float32)
+            amp[inst_cls == c] = 40.0 * rng.normal(size=3)
         else:
             period = appearance.period[c] * (
-                1 + rng.uniform(-1, 1) * prm['period_jitter'])
-            angle = appearance.angle[c] + rng.uniform(
-                -1, 1) * prm['angle_jitter']
-            tex = _texture(appearance.texture[c], float(period),
-                           float(angle), height, width, rng)
-            amp = appearance.amplitude[c] * appearance.direction[c]
-        image[mask] += tex[mask][:, None] * amp
+                1 + rng.uniform(-1, 1) * prm['period_jitter']
+            )
+            angle = (
+                appearance.angle[c] + rng.uniform(-1, 1) * prm['angle_jitter']
+            )
+            tex = _texture(
+                appearance.texture[c],
+                float(period),
+                float(angle),
+                height,
+                width,
+                rng,
+            )
+            amp[inst_cls == c] = (
+                appearance.amplitude[c] * appearance.direction[c]
+            )
+        np.copyto(tex_map, tex, where=label == c)
+    image = base[inst]
+    image += tex_map[..., None] * amp[inst]
 
     # Global nuisances: brightness, colour cast and pixel noise.
     gain = 1 + rng.uniform(-1, 1) * prm['global_gain']
     cast = rng.normal(0, prm['cast'], 3).astype(np.float32)
     image = image * np.float32(gain) + cast
     image += rng.standard_normal(image.shape, np.float32) * np.float32(
-        prm['noise'])
+        prm['noise']
+    )
     image = np.clip(image + np.float32(0.5), 0, 255).astype(np.uint8)
     return image, label
 
@@ -438,15 +547,19 @@ def _write_png(path: str, array: np.ndarray) -> None:
     """Write an RGB (``H, W, 3``) or grey (``H, W``) uint8 array as PNG."""
     if array.ndim == 3:
         array = array[..., ::-1]  # RGB -> BGR for OpenCV
-    if not cv2.imwrite(path, np.ascontiguousarray(array),
-                       [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+    if not cv2.imwrite(
+        path, np.ascontiguousarray(array), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ):
         raise IOError(f'could not write {path}')
 
 
 def _write_jpg(path: str, rgb: np.ndarray, quality: int) -> None:
     """Write an RGB uint8 array as JPEG."""
-    if not cv2.imwrite(path, np.ascontiguousarray(rgb[..., ::-1]),
-                       [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+    if not cv2.imwrite(
+        path,
+        np.ascontiguousarray(rgb[..., ::-1]),
+        [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
+    ):
         raise IOError(f'could not write {path}')
 
 
@@ -462,8 +575,13 @@ def _check_size(size: Sequence[int]) -> Tuple[int, int]:
     return size
 
 
-def _prepare(root: str, params: dict, subdirs: Sequence[str],
-             num_files: int, force: bool) -> Optional[dict]:
+def _prepare(
+    root: str,
+    params: dict,
+    subdirs: Sequence[str],
+    num_files: int,
+    force: bool,
+) -> Optional[dict]:
     """Handle the manifest: return it if the dataset is up to date.
 
     Otherwise remove the stale generated sub-directories (only when the
@@ -477,17 +595,23 @@ def _prepare(root: str, params: dict, subdirs: Sequence[str],
                 old = json.load(f)
         except (OSError, ValueError):
             old = {}
-    if (old is not None and not force and old.get('params') == params
-            and _count_files(root, subdirs) == num_files):
+    if (
+        old is not None
+        and not force
+        and old.get('params') == params
+        and _count_files(root, subdirs) == num_files
+    ):
         return old
     existing = [
-        d for d in subdirs
+        d
+        for d in subdirs
         if osp.isdir(osp.join(root, d)) and os.listdir(osp.join(root, d))
     ]
     if existing and old is None and not force:
         raise FileExistsError(
             f'{root} already holds {existing} but no {MANIFEST_NAME}; '
-            'pass force=True to overwrite it')
+            'pass force=True to overwrite it'
+        )
     if osp.isfile(manifest_path):
         os.remove(manifest_path)
     for d in subdirs:
@@ -519,16 +643,18 @@ def _result(manifest: dict, skipped: bool, seconds: float) -> dict:
     return out
 
 
-def generate_cityscapes(root: str,
-                        num_train: int = 16,
-                        num_val: int = 8,
-                        size: Tuple[int, int] = (64, 128),
-                        seed: int = 0,
-                        difficulty: float = 0.5,
-                        num_shapes: int = 6,
-                        ignore_width: int = 1,
-                        num_void: int = 1,
-                        force: bool = False) -> dict:
+def generate_cityscapes(
+    root: str,
+    num_train: int = 16,
+    num_val: int = 8,
+    size: Tuple[int, int] = (64, 128),
+    seed: int = 0,
+    difficulty: float = 0.5,
+    num_shapes: int = 6,
+    ignore_width: int = 1,
+    num_void: int = 1,
+    force: bool = False,
+) -> dict:
     """Generate a synthetic dataset in the Cityscapes layout.
 
     Images are ``<root>/leftImg8bit/<split>/<city>/<city>_<seq:06d>_000019
@@ -540,6 +666,10 @@ def generate_cityscapes(root: str,
     classes and ``num_shapes`` shapes; the classes walk through balanced
     permutations of the 19 classes, so every class appears in any
     ``ceil(19 / (num_shapes + 2))`` consecutive images of a split.
+
+    Image ``i`` of a split only depends on the parameters other than the
+    image counts, so the first images of a larger dataset are those of a
+    smaller one.
 
     Args:
         root (str): Dataset root.
@@ -577,7 +707,8 @@ def generate_cityscapes(root: str,
         difficulty=float(difficulty),
         num_shapes=int(num_shapes),
         ignore_width=int(ignore_width),
-        num_void=int(num_void))
+        num_void=int(num_void),
+    )
     subdirs = ('leftImg8bit', 'gtFine')
     counts = dict(train=int(num_train), val=int(num_val))
     old = _prepare(root, params, subdirs, 2 * sum(counts.values()), force)
@@ -585,8 +716,7 @@ def generate_cityscapes(root: str,
         return _result(old, True, time.perf_counter() - start)
 
     num_classes = len(CITYSCAPES_CLASSES)
-    appearance = class_appearance(num_classes,
-                                  _APPEARANCE_SEEDS['cityscapes'])
+    appearance = class_appearance(num_classes, _APPEARANCE_SEEDS['cityscapes'])
     cities = dict(train=_CITYSCAPES_TRAIN_CITIES, val=_CITYSCAPES_VAL_CITIES)
     class_pixels, ignore_pixels = {}, {}
     for split, num in counts.items():
@@ -596,11 +726,18 @@ def generate_cityscapes(root: str,
                 os.makedirs(osp.join(root, d, split, city), exist_ok=True)
         for i in range(num):
             rng = _image_rng(seed, split, i)
-            classes = _class_schedule(num_classes, num_shapes + 2, i, seed,
-                                      split)
+            classes = _class_schedule(
+                num_classes, num_shapes + 2, i, seed, split
+            )
             image, label = render_scene(
-                size, classes, appearance, rng, difficulty,
-                num_backgrounds=2, num_void=num_void)
+                size,
+                classes,
+                appearance,
+                rng,
+                difficulty,
+                num_backgrounds=2,
+                num_void=num_void,
+            )
             label = label.astype(np.int64)
             if ignore_width > 0:
                 label[_boundary_mask(label, ignore_width)] = -1
@@ -608,14 +745,25 @@ def generate_cityscapes(root: str,
             city = cities[split][i % len(cities[split])]
             stem = f'{city}_{i:06d}_000019'
             _write_png(
-                osp.join(root, 'leftImg8bit', split, city,
-                         stem + '_leftImg8bit.png'), image)
+                osp.join(
+                    root, 'leftImg8bit', split, city, stem + '_leftImg8bit.png'
+                ),
+                image,
+            )
             _write_png(
-                osp.join(root, 'gtFine', split, city,
-                         stem + '_gtFine_labelTrainIds.png'), label)
+                osp.join(
+                    root,
+                    'gtFine',
+                    split,
+                    city,
+                    stem + '_gtFine_labelTrainIds.png',
+                ),
+                label,
+            )
             hist += np.bincount(
                 np.minimum(label.ravel(), num_classes),
-                minlength=num_classes + 1)
+                minlength=num_classes + 1,
+            )
         class_pixels[split] = hist[:num_classes].tolist()
         ignore_pixels[split] = int(hist[num_classes])
     summary = dict(
@@ -626,27 +774,28 @@ def generate_cityscapes(root: str,
         num_train=counts['train'],
         num_val=counts['val'],
         size=list(size),
-        img_dirs={s: f'leftImg8bit/{s}'
-                  for s in counts},
-        ann_dirs={s: f'gtFine/{s}'
-                  for s in counts},
+        img_dirs={s: f'leftImg8bit/{s}' for s in counts},
+        ann_dirs={s: f'gtFine/{s}' for s in counts},
         class_pixels=class_pixels,
-        ignore_pixels=ignore_pixels)
+        ignore_pixels=ignore_pixels,
+    )
     manifest = _finish(root, params, summary)
     return _result(manifest, False, time.perf_counter() - start)
 
 
-def generate_ade20k(root: str,
-                    num_train: int = 16,
-                    num_val: int = 8,
-                    size: Tuple[int, int] = (64, 64),
-                    seed: int = 0,
-                    difficulty: float = 0.5,
-                    num_used_classes: Optional[int] = None,
-                    num_shapes: int = 5,
-                    num_other: int = 1,
-                    jpeg_quality: int = 95,
-                    force: bool = False) -> dict:
+def generate_ade20k(
+    root: str,
+    num_train: int = 16,
+    num_val: int = 8,
+    size: Tuple[int, int] = (64, 64),
+    seed: int = 0,
+    difficulty: float = 0.5,
+    num_used_classes: Optional[int] = None,
+    num_shapes: int = 5,
+    num_other: int = 1,
+    jpeg_quality: int = 95,
+    force: bool = False,
+) -> dict:
     """Generate a synthetic dataset in the ADE20K (SceneParsing) layout.
 
     Images are ``<root>/images/<split>/ADE_{train,val}_%08d.jpg`` (JPEG, as
@@ -682,8 +831,11 @@ def generate_ade20k(root: str,
     """
     start = time.perf_counter()
     size = _check_size(size)
-    used = ADE20K_NUM_CLASSES if num_used_classes is None else int(
-        num_used_classes)
+    used = (
+        ADE20K_NUM_CLASSES
+        if num_used_classes is None
+        else int(num_used_classes)
+    )
     if not 1 <= used <= ADE20K_NUM_CLASSES:
         raise ValueError(f'num_used_classes must be in [1, 150], got {used}')
     params = dict(
@@ -697,10 +849,13 @@ def generate_ade20k(root: str,
         num_used_classes=used,
         num_shapes=int(num_shapes),
         num_other=int(num_other),
-        jpeg_quality=int(jpeg_quality))
+        jpeg_quality=int(jpeg_quality),
+    )
     subdirs = ('images', 'annotations')
-    splits = dict(train=('training', 'ADE_train', int(num_train)),
-                  val=('validation', 'ADE_val', int(num_val)))
+    splits = dict(
+        train=('training', 'ADE_train', int(num_train)),
+        val=('validation', 'ADE_val', int(num_val)),
+    )
     total = 2 * (int(num_train) + int(num_val))
     old = _prepare(root, params, subdirs, total, force)
     if old is not None:
@@ -716,18 +871,28 @@ def generate_ade20k(root: str,
             rng = _image_rng(seed, split, i)
             classes = _class_schedule(used, num_shapes + 1, i, seed, split)
             image, label = render_scene(
-                size, classes, appearance, rng, difficulty,
-                num_backgrounds=1, num_void=num_other)
+                size,
+                classes,
+                appearance,
+                rng,
+                difficulty,
+                num_backgrounds=1,
+                num_void=num_other,
+            )
             # Class index k -> label k + 1; void (-1) -> 0 ("other").
             label = (label + 1).astype(np.uint8)
             stem = f'{prefix}_{i + 1:08d}'
             _write_jpg(
-                osp.join(root, 'images', dirname, stem + '.jpg'), image,
-                jpeg_quality)
+                osp.join(root, 'images', dirname, stem + '.jpg'),
+                image,
+                jpeg_quality,
+            )
             _write_png(
-                osp.join(root, 'annotations', dirname, stem + '.png'), label)
-            hist += np.bincount(label.ravel(),
-                                minlength=ADE20K_NUM_CLASSES + 1)
+                osp.join(root, 'annotations', dirname, stem + '.png'), label
+            )
+            hist += np.bincount(
+                label.ravel(), minlength=ADE20K_NUM_CLASSES + 1
+            )
         class_pixels[split] = hist.tolist()
     summary = dict(
         root=osp.abspath(root),
@@ -736,24 +901,25 @@ def generate_ade20k(root: str,
         num_train=splits['train'][2],
         num_val=splits['val'][2],
         size=list(size),
-        img_dirs={s: f'images/{v[0]}'
-                  for s, v in splits.items()},
-        ann_dirs={s: f'annotations/{v[0]}'
-                  for s, v in splits.items()},
-        class_pixels=class_pixels)
+        img_dirs={s: f'images/{v[0]}' for s, v in splits.items()},
+        ann_dirs={s: f'annotations/{v[0]}' for s, v in splits.items()},
+        class_pixels=class_pixels,
+    )
     manifest = _finish(root, params, summary)
     return _result(manifest, False, time.perf_counter() - start)
 
 
-def generate_imagefolder(root: str,
-                         num_classes: int = 10,
-                         per_class_train: int = 8,
-                         per_class_val: int = 4,
-                         size: Tuple[int, int] = (64, 64),
-                         seed: int = 0,
-                         difficulty: float = 0.5,
-                         num_distractors: int = 2,
-                         force: bool = False) -> dict:
+def generate_imagefolder(
+    root: str,
+    num_classes: int = 10,
+    per_class_train: int = 8,
+    per_class_val: int = 4,
+    size: Tuple[int, int] = (64, 64),
+    seed: int = 0,
+    difficulty: float = 0.5,
+    num_distractors: int = 2,
+    force: bool = False,
+) -> dict:
     """Generate a classification dataset in the image-folder layout.
 
     Images are ``<root>/{train,val}/<class_name>/<idx:05d>.png`` with class
@@ -796,7 +962,8 @@ def generate_imagefolder(root: str,
         size=list(size),
         seed=int(seed),
         difficulty=float(difficulty),
-        num_distractors=int(num_distractors))
+        num_distractors=int(num_distractors),
+    )
     subdirs = ('train', 'val')
     per_class = dict(train=int(per_class_train), val=int(per_class_val))
     total = num_classes * sum(per_class.values())
@@ -804,8 +971,9 @@ def generate_imagefolder(root: str,
     if old is not None:
         return _result(old, True, time.perf_counter() - start)
 
-    appearance = class_appearance(num_classes,
-                                  _APPEARANCE_SEEDS['imagefolder'])
+    appearance = class_appearance(
+        num_classes, _APPEARANCE_SEEDS['imagefolder']
+    )
     names = [f'class_{c:03d}' for c in range(num_classes)]
     for split, num in per_class.items():
         for c, name in enumerate(names):
@@ -816,15 +984,18 @@ def generate_imagefolder(root: str,
                 rng = _image_rng(seed, split, index)
                 others = [k for k in range(num_classes) if k != c]
                 distract = rng.choice(
-                    others, int(rng.integers(0, num_distractors + 1)))
+                    others, int(rng.integers(0, num_distractors + 1))
+                )
                 image, _ = render_scene(
-                    size, [c] + [int(k) for k in distract],
+                    size,
+                    [c] + [int(k) for k in distract],
                     appearance,
                     rng,
                     difficulty,
                     num_backgrounds=1,
                     shape_scale=(0.15, 0.35),
-                    dominant=True)
+                    dominant=True,
+                )
                 _write_png(osp.join(folder, f'{j:05d}.png'), image)
     summary = dict(
         root=osp.abspath(root),
@@ -833,7 +1004,7 @@ def generate_imagefolder(root: str,
         num_train=num_classes * per_class['train'],
         num_val=num_classes * per_class['val'],
         size=list(size),
-        img_dirs={s: s
-                  for s in per_class})
+        img_dirs={s: s for s in per_class},
+    )
     manifest = _finish(root, params, summary)
     return _result(manifest, False, time.perf_counter() - start)
