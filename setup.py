@@ -1,4 +1,5 @@
 """Installation of mmrevnet (``pip install -e .``)."""
+
 import os.path as osp
 
 from setuptools import find_packages, setup
@@ -36,7 +37,7 @@ setup(
     keywords='reversible networks, momentum, segmentation, openmmlab',
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'docs')),
     python_requires='>=3.8',
-    license='Apache License 2.0',
+    license='Apache-2.0',
     install_requires=read_requirements('runtime.txt'),
     extras_require={
         # mmseg needs an mmcv package: either the full build or the lite one.
@@ -46,7 +47,6 @@ setup(
     },
     classifiers=[
         'Programming Language :: Python :: 3',
-        'License :: OSI Approved :: Apache Software License',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],
     zip_safe=False,

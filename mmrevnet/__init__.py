@@ -5,6 +5,6 @@ from .version import __version__, version_info
 
 compat.apply_all()
 
-from . import models  # noqa: E402,F401  (registers the backbones)
+from . import engine, models  # noqa: E402,F401  (registration)
 
 __all__ = ['__version__', 'version_info', 'compat']

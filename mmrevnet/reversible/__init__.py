@@ -1,14 +1,29 @@
 """Reversible momentum stages (torch only, no OpenMMLab imports)."""
-from .coupling import (DEFAULT_MAX_AMPLIFICATION, amplification,
-                       forward_step, inverse_position, inverse_velocity,
-                       state_anchor_interval)
+
+from .coupling import (
+    DEFAULT_MAX_AMPLIFICATION,
+    amplification,
+    forward_step,
+    inverse_position,
+    inverse_velocity,
+    state_anchor_interval,
+)
 from .function import MomentumStageFunction, StageReport
 from .sequential import MomentumSequential, MomentumStage, check_gamma
 from .state import checkpointed_call, frozen_norm_buffers
 
 __all__ = [
-    'MomentumSequential', 'MomentumStage', 'MomentumStageFunction',
-    'StageReport', 'check_gamma', 'checkpointed_call', 'frozen_norm_buffers',
-    'forward_step', 'inverse_position', 'inverse_velocity', 'amplification',
-    'state_anchor_interval', 'DEFAULT_MAX_AMPLIFICATION'
+    'MomentumSequential',
+    'MomentumStage',
+    'MomentumStageFunction',
+    'StageReport',
+    'check_gamma',
+    'checkpointed_call',
+    'frozen_norm_buffers',
+    'forward_step',
+    'inverse_position',
+    'inverse_velocity',
+    'amplification',
+    'state_anchor_interval',
+    'DEFAULT_MAX_AMPLIFICATION',
 ]

@@ -19,6 +19,7 @@ bounds that factor by storing the state ``(x_t, v_t)`` every
 because the position error left at a stored velocity is amplified again by
 the next run of blocks.
 """
+
 import math
 from typing import Tuple
 
@@ -30,8 +31,9 @@ from torch import Tensor
 DEFAULT_MAX_AMPLIFICATION = 2.0**8
 
 
-def forward_step(x: Tensor, v: Tensor, fx: Tensor,
-                 gamma: float) -> Tuple[Tensor, Tensor]:
+def forward_step(
+    x: Tensor, v: Tensor, fx: Tensor, gamma: float
+) -> Tuple[Tensor, Tensor]:
     """One momentum update; returns ``(x_{t+1}, v_{t+1})``."""
     v = gamma * v + (1.0 - gamma) * fx.to(v.dtype)
     return x + v, v
@@ -54,8 +56,7 @@ def amplification(gamma: float, steps: int) -> float:
     return math.exp(steps * math.log(1.0 / gamma))
 
 
-def state_anchor_interval(gamma: float,
-                             max_amplification: float) -> int:
+def state_anchor_interval(gamma: float, max_amplification: float) -> int:
     """Most blocks that may be inverted before a stored state is needed.
 
     Args:
@@ -69,7 +70,8 @@ def state_anchor_interval(gamma: float,
     if not 0.0 < gamma < 1.0:
         raise ValueError(f'gamma must be in (0, 1), got {gamma}')
     if max_amplification <= 1.0:
-        raise ValueError('max_amplification must be > 1, got '
-                         f'{max_amplification}')
+        raise ValueError(
+            f'max_amplification must be > 1, got {max_amplification}'
+        )
     steps = math.log(max_amplification) / math.log(1.0 / gamma)
     return max(1, int(math.floor(steps + 1e-9)))

@@ -2,8 +2,8 @@
 
 Forward runs the stage without recording a graph and saves only the stage
 end ``(x_T, v_T)`` (plus the state ``(x_t, v_t)`` every few blocks when
-``gamma`` is small, see :mod:`.coupling`). Backward walks the stage from the end:
-it reconstructs ``x_t``, evaluates ``F_t(x_t)`` once with grad, takes one
+``gamma`` is small, see :mod:`.coupling`). Backward walks the stage from the
+end: it reconstructs ``x_t``, evaluates ``F_t(x_t)`` once with grad, takes one
 vector-Jacobian product for the input and the parameters of ``F_t``, and
 reuses the same ``F_t(x_t)`` to reconstruct ``v_t``.
 
@@ -20,6 +20,7 @@ returned (as in memcnn and momentumnet), so ``torch.autograd.grad`` works,
 a stage whose input needs no grad still trains its parameters, and DDP
 sees each parameter become ready exactly once.
 """
+
 import contextlib
 from typing import Dict, List, Optional, Sequence
 
@@ -45,8 +46,9 @@ class StageReport:
         self.velocity_drift: Optional[float] = None
 
 
-def _relative_max_error(estimate: Tensor, truth: Tensor,
-                        floor: float = 0.0) -> float:
+def _relative_max_error(
+    estimate: Tensor, truth: Tensor, floor: float = 0.0
+) -> float:
     scale = max(truth.detach().abs().max().item(), floor)
     error = (estimate - truth).detach().abs().max().item()
     return error / scale if scale > 0 else error
@@ -120,13 +122,14 @@ class MomentumStageFunction(torch.autograd.Function):
                 f'Momentum stage {stage.name!r}: double backward '
                 '(create_graph=True) is not supported by the memory-saving '
                 'path; build the stage with memory_saving=False for '
-                'higher-order gradients.')
+                'higher-order gradients.'
+            )
         saved = ctx.saved_tensors
         x, v = saved[0], saved[1]
         num_anchors = len(ctx.anchor_steps)
-        anchor_states = saved[2:2 + 2 * num_anchors]
+        anchor_states = saved[2 : 2 + 2 * num_anchors]
         anchors = {
-            step: anchor_states[2 * i:2 * i + 2]
+            step: anchor_states[2 * i : 2 * i + 2]
             for i, step in enumerate(ctx.anchor_steps)
         }
         _check_finite(stage, 'forward output', x, v)
@@ -140,25 +143,30 @@ class MomentumStageFunction(torch.autograd.Function):
             x = inverse_position(x, v)
             replay = (
                 ctx.rng_states[step].replay()
-                if stage.preserve_rng_state else contextlib.nullcontext())
-            with torch.enable_grad(), ctx.autocast.enter(), replay, \
-                    frozen_norm_buffers([function]):
+                if stage.preserve_rng_state
+                else contextlib.nullcontext()
+            )
+            frozen = frozen_norm_buffers([function])
+            with torch.enable_grad(), ctx.autocast.enter(), replay, frozen:
                 x_in = x.detach().requires_grad_(True)
                 fx = function(x_in)
             total = grad_x if grad_v is None else grad_x + grad_v
             indices = ctx.layout[step]
             grads = torch.autograd.grad(
-                fx, [x_in] + [params[i] for i in indices],
+                fx,
+                [x_in] + [params[i] for i in indices],
                 grad_outputs=((1.0 - gamma) * total).to(fx.dtype),
-                allow_unused=True)
+                allow_unused=True,
+            )
             if grads[0] is not None:
                 grad_x = grad_x + grads[0].to(grad_x.dtype)
             for index, grad in zip(indices, grads[1:]):
                 if grad is None:
                     continue
                 current = param_grads[index]
-                param_grads[index] = grad if current is None else (
-                    current + grad)
+                param_grads[index] = (
+                    grad if current is None else (current + grad)
+                )
             grad_v = gamma * total
             if step in anchors:
                 x, v = anchors[step]
@@ -166,10 +174,11 @@ class MomentumStageFunction(torch.autograd.Function):
                 v = inverse_velocity(v, fx.detach(), gamma)
         _check_finite(stage, 'reconstructed stage input', x, v)
         if stage.track_drift:
-            x_true, v_true = saved[2 + 2 * num_anchors:]
+            x_true, v_true = saved[2 + 2 * num_anchors :]
             stage.report.position_drift = _relative_max_error(x, x_true)
             stage.report.velocity_drift = _relative_max_error(
-                v, v_true, floor=1.0)
+                v, v_true, floor=1.0
+            )
         grad_v0 = grad_v if ctx.has_v0 and ctx.needs_input_grad[4] else None
         grad_x0 = grad_x if ctx.needs_input_grad[3] else None
         return (None, None, None, grad_x0, grad_v0, *param_grads)
@@ -178,21 +187,28 @@ class MomentumStageFunction(torch.autograd.Function):
 def _check_finite(stage, what: str, x: Tensor, v: Tensor) -> None:
     if not (torch.isfinite(x).all() and torch.isfinite(v).all()):
         if what == 'forward output':
-            cause = ('the forward pass of the stage already produced '
-                     'non-finite values (non-finite input, or overflow '
-                     'inside a residual function)')
+            cause = (
+                'the forward pass of the stage already produced '
+                'non-finite values (non-finite input, or overflow '
+                'inside a residual function)'
+            )
         else:
-            cause = ('the reconstruction diverged; gamma is too small for '
-                     'the number of blocks, or a residual function '
-                     'overflowed when evaluated again')
+            cause = (
+                'the reconstruction diverged; gamma is too small for '
+                'the number of blocks, or a residual function '
+                'overflowed when evaluated again'
+            )
         raise FloatingPointError(
             f'Momentum stage {stage.name!r}: non-finite {what} in the '
-            f'memory-saving backward: {cause}.')
+            f'memory-saving backward: {cause}.'
+        )
 
 
-def momentum_stage_memory_saving(stage, functions: Sequence[nn.Module],
-                                 x: Tensor, v0: Optional[Tensor]) -> Tensor:
+def momentum_stage_memory_saving(
+    stage, functions: Sequence[nn.Module], x: Tensor, v0: Optional[Tensor]
+) -> Tensor:
     """Run ``functions`` through :class:`MomentumStageFunction`."""
     params, layout = _parameter_layout(functions)
-    return MomentumStageFunction.apply(stage, list(functions), layout, x, v0,
-                                       *params)
+    return MomentumStageFunction.apply(
+        stage, list(functions), layout, x, v0, *params
+    )

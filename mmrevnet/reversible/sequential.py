@@ -1,4 +1,5 @@
 """Momentum stages: the settings object and the public module."""
+
 import numbers
 import warnings
 from typing import Optional, Sequence
@@ -6,8 +7,12 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .coupling import (DEFAULT_MAX_AMPLIFICATION, amplification,
-                       forward_step, state_anchor_interval)
+from .coupling import (
+    DEFAULT_MAX_AMPLIFICATION,
+    amplification,
+    forward_step,
+    state_anchor_interval,
+)
 from .function import StageReport, momentum_stage_memory_saving
 from .state import autocast_active, checkpointed_call
 
@@ -21,14 +26,20 @@ def check_gamma(gamma, memory_saving: bool) -> float:
     gamma = float(gamma)
     if memory_saving:
         if not 0.0 < gamma < 1.0:
-            hint = (' gamma=0 is a plain ResNet update, which is not '
-                    'invertible; use memory_saving=False for it.'
-                    if gamma == 0.0 else '')
-            raise ValueError('gamma must be in (0, 1) when memory_saving=True'
-                             f', got {gamma}.{hint}')
+            hint = (
+                ' gamma=0 is a plain ResNet update, which is not '
+                'invertible; use memory_saving=False for it.'
+                if gamma == 0.0
+                else ''
+            )
+            raise ValueError(
+                'gamma must be in (0, 1) when memory_saving=True'
+                f', got {gamma}.{hint}'
+            )
     elif not 0.0 <= gamma < 1.0:
-        raise ValueError('gamma must be in [0, 1) when memory_saving=False, '
-                         f'got {gamma}')
+        raise ValueError(
+            f'gamma must be in [0, 1) when memory_saving=False, got {gamma}'
+        )
     return gamma
 
 
@@ -56,15 +67,17 @@ class MomentumStage:
             Defaults to False.
     """
 
-    def __init__(self,
-                 num_functions: int,
-                 gamma: float = 0.9,
-                 memory_saving: bool = True,
-                 name: str = 'stage',
-                 max_amplification: float = DEFAULT_MAX_AMPLIFICATION,
-                 preserve_rng_state: bool = True,
-                 track_drift: bool = False,
-                 with_cp: bool = False):
+    def __init__(
+        self,
+        num_functions: int,
+        gamma: float = 0.9,
+        memory_saving: bool = True,
+        name: str = 'stage',
+        max_amplification: float = DEFAULT_MAX_AMPLIFICATION,
+        preserve_rng_state: bool = True,
+        track_drift: bool = False,
+        with_cp: bool = False,
+    ):
         self.gamma = check_gamma(gamma, memory_saving)
         self.memory_saving = bool(memory_saving)
         self.num_functions = int(num_functions)
@@ -90,11 +103,10 @@ class MomentumStage:
         growth = amplification(self.gamma, steps)
         if growth <= self.max_amplification:
             return 0
-        interval = state_anchor_interval(self.gamma,
-                                            self.max_amplification)
+        interval = state_anchor_interval(self.gamma, self.max_amplification)
         stored = (steps - 1) // interval
         if stored > steps // 2:
-            smallest = self.max_amplification**(-1.0 / 2)
+            smallest = self.max_amplification ** (-1.0 / 2)
             raise ValueError(
                 f'gamma={self.gamma} is too small for the memory-saving '
                 f'stage {self.name!r} of {steps} momentum blocks: inverting '
@@ -102,37 +114,53 @@ class MomentumStage:
                 f'grow by (1/gamma)**{steps} = {growth:.3g}; keeping them '
                 f'below {self.max_amplification:g} would store {stored} of '
                 f'{steps} intermediate states. Use gamma >= {smallest:.4g} or '
-                'memory_saving=False.')
+                'memory_saving=False.'
+            )
         warnings.warn(
             f'Momentum stage {self.name!r}: gamma={self.gamma} over {steps} '
             f'blocks amplifies rounding errors by {growth:.3g}; storing '
-            f'{stored} intermediate states (one every {interval} blocks) keeps '
+            f'{stored} intermediate state(s) (one every {interval} blocks) '
+            'keeps '
             f'the reconstruction below {self.max_amplification:g}x, so its '
             'memory now grows with depth.',
             UserWarning,
-            stacklevel=3)
+            stacklevel=3,
+        )
         return interval
 
-    def uses_memory_saving(self, functions: Sequence[nn.Module], x: Tensor,
-                           v0: Optional[Tensor], training: bool) -> bool:
+    def uses_memory_saving(
+        self,
+        functions: Sequence[nn.Module],
+        x: Tensor,
+        v0: Optional[Tensor],
+        training: bool,
+    ) -> bool:
         """Whether a call would take the reconstructing path."""
-        if not (self.memory_saving and training and torch.is_grad_enabled()
-                and len(functions)):
+        if not (
+            self.memory_saving
+            and training
+            and torch.is_grad_enabled()
+            and len(functions)
+        ):
             return False
         if x.requires_grad or (v0 is not None and v0.requires_grad):
             return True
         return any(p.requires_grad for f in functions for p in f.parameters())
 
-    def __call__(self,
-                 functions: Sequence[nn.Module],
-                 x: Tensor,
-                 v0: Optional[Tensor] = None,
-                 training: bool = True) -> Tensor:
+    def __call__(
+        self,
+        functions: Sequence[nn.Module],
+        x: Tensor,
+        v0: Optional[Tensor] = None,
+        training: bool = True,
+    ) -> Tensor:
         """Run the stage; returns ``x_T``."""
         if len(functions) != self.num_functions:
-            raise ValueError(f'stage {self.name!r} was planned for '
-                             f'{self.num_functions} functions, got '
-                             f'{len(functions)}')
+            raise ValueError(
+                f'stage {self.name!r} was planned for '
+                f'{self.num_functions} functions, got '
+                f'{len(functions)}'
+            )
         if autocast_active(x):
             # The coupling runs in fp32 whatever precision F computes in.
             if x.dtype in _LOW_PRECISION:
@@ -140,8 +168,10 @@ class MomentumStage:
             if v0 is not None and v0.dtype in _LOW_PRECISION:
                 v0 = v0.float()
         if v0 is not None and v0.shape != x.shape:
-            raise ValueError(f'v0 must have the shape of x {tuple(x.shape)}, '
-                             f'got {tuple(v0.shape)}')
+            raise ValueError(
+                f'v0 must have the shape of x {tuple(x.shape)}, '
+                f'got {tuple(v0.shape)}'
+            )
         if self.uses_memory_saving(functions, x, v0, training):
             return momentum_stage_memory_saving(self, functions, x, v0)
         return self._plain(functions, x, v0)
@@ -149,7 +179,8 @@ class MomentumStage:
     def _plain(self, functions, x, v0):
         v = torch.zeros_like(x) if v0 is None else v0
         checkpoint = (
-            self.with_cp and torch.is_grad_enabled() and x.requires_grad)
+            self.with_cp and torch.is_grad_enabled() and x.requires_grad
+        )
         for function in functions:
             fx = checkpointed_call(function, x) if checkpoint else function(x)
             x, v = forward_step(x, v, fx, self.gamma)
@@ -185,16 +216,21 @@ class MomentumSequential(nn.Module):
         >>> y = stage(torch.randn(2, 4, requires_grad=True))
     """
 
-    def __init__(self,
-                 functions: Sequence[nn.Module],
-                 gamma: float = 0.9,
-                 memory_saving: bool = True,
-                 **kwargs):
+    def __init__(
+        self,
+        functions: Sequence[nn.Module],
+        gamma: float = 0.9,
+        memory_saving: bool = True,
+        **kwargs,
+    ):
         super().__init__()
         self.functions = nn.ModuleList(functions)
         self.stage = MomentumStage(
-            len(self.functions), gamma=gamma, memory_saving=memory_saving,
-            **kwargs)
+            len(self.functions),
+            gamma=gamma,
+            memory_saving=memory_saving,
+            **kwargs,
+        )
 
     @property
     def gamma(self) -> float:
@@ -209,5 +245,7 @@ class MomentumSequential(nn.Module):
         return self.stage(list(self.functions), x, v0, self.training)
 
     def extra_repr(self) -> str:
-        return (f'gamma={self.stage.gamma}, '
-                f'memory_saving={self.stage.memory_saving}')
+        return (
+            f'gamma={self.stage.gamma}, '
+            f'memory_saving={self.stage.memory_saving}'
+        )

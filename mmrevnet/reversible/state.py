@@ -13,13 +13,13 @@ That second evaluation must be the *same* function as in the forward pass:
 * Autocast is thread-local and off in the backward thread: re-enter the
   state captured in forward.
 """
+
 import contextlib
 from typing import Iterable, List, Optional
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
 
 _NORM_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 
@@ -47,8 +47,11 @@ def frozen_norm_buffers(modules: Iterable[nn.Module]):
             if id(module) in seen:
                 continue
             seen.add(id(module))
-            if not (isinstance(module, _BatchNorm) and module.training
-                    and module.track_running_stats):
+            if not (
+                isinstance(module, _BatchNorm)
+                and module.training
+                and module.track_running_stats
+            ):
                 continue
             originals = {}
             for name in _NORM_BUFFERS:
@@ -107,7 +110,8 @@ class AutocastState:
         self.device_type = device_type
         self.enabled = torch.is_autocast_enabled(device_type)
         self.dtype: Optional[torch.dtype] = (
-            torch.get_autocast_dtype(device_type) if self.enabled else None)
+            torch.get_autocast_dtype(device_type) if self.enabled else None
+        )
         self.cache_enabled = torch.is_autocast_cache_enabled()
 
     def enter(self):
@@ -118,7 +122,8 @@ class AutocastState:
             self.device_type,
             dtype=self.dtype,
             enabled=True,
-            cache_enabled=self.cache_enabled)
+            cache_enabled=self.cache_enabled,
+        )
 
 
 def autocast_active(tensor: torch.Tensor) -> bool:
@@ -126,8 +131,11 @@ def autocast_active(tensor: torch.Tensor) -> bool:
     return torch.is_autocast_enabled(tensor.device.type)
 
 
-def checkpointed_call(function, *inputs: torch.Tensor,
-                      norm_modules: Optional[Iterable[nn.Module]] = None):
+def checkpointed_call(
+    function,
+    *inputs: torch.Tensor,
+    norm_modules: Optional[Iterable[nn.Module]] = None,
+):
     """``torch.utils.checkpoint`` whose recomputation leaves BN buffers alone.
 
     Non-reentrant checkpointing (it works with ``torch.autograd.grad`` and
@@ -151,4 +159,5 @@ def checkpointed_call(function, *inputs: torch.Tensor,
         return contextlib.nullcontext(), frozen_norm_buffers(norm_modules)
 
     return checkpoint(
-        function, *inputs, use_reentrant=False, context_fn=contexts)
+        function, *inputs, use_reentrant=False, context_fn=contexts
+    )

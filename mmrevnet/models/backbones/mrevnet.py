@@ -4,6 +4,7 @@ m-RevNet: Deep Reversible Neural Networks with Momentum (Li & Gao,
 ICCV 2021, arXiv 2108.05862); the update is the one of Momentum Residual
 Neural Networks (Sander et al., ICML 2021).
 """
+
 import numbers
 from typing import Dict, Optional, Sequence
 
@@ -63,15 +64,16 @@ class MomentumBottleneck(_MomentumResidual, Bottleneck):
 
 _MOMENTUM_BLOCKS = {
     BasicBlock: MomentumBasicBlock,
-    Bottleneck: MomentumBottleneck
+    Bottleneck: MomentumBottleneck,
 }
 
 
 def _needs_grad(modules: Sequence[nn.Module], x: Tensor) -> bool:
     if not torch.is_grad_enabled():
         return False
-    return x.requires_grad or any(p.requires_grad for m in modules
-                                  for p in m.parameters())
+    return x.requires_grad or any(
+        p.requires_grad for m in modules for p in m.parameters()
+    )
 
 
 class MomentumResLayer(Sequential):
@@ -106,22 +108,24 @@ class MomentumResLayer(Sequential):
         **kwargs: Passed to every block (``style``, ``init_cfg``).
     """
 
-    def __init__(self,
-                 block,
-                 inplanes: int,
-                 planes: int,
-                 num_blocks: int,
-                 stage: MomentumStage,
-                 stride: int = 1,
-                 dilation: int = 1,
-                 avg_down: bool = False,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN'),
-                 multi_grid: Optional[Sequence[int]] = None,
-                 contract_dilation: bool = False,
-                 checkpoint_transition: bool = True,
-                 residual_fn: str = 'branch',
-                 **kwargs):
+    def __init__(
+        self,
+        block,
+        inplanes: int,
+        planes: int,
+        num_blocks: int,
+        stage: MomentumStage,
+        stride: int = 1,
+        dilation: int = 1,
+        avg_down: bool = False,
+        conv_cfg: Optional[dict] = None,
+        norm_cfg: dict = dict(type='BN'),
+        multi_grid: Optional[Sequence[int]] = None,
+        contract_dilation: bool = False,
+        checkpoint_transition: bool = True,
+        residual_fn: str = 'branch',
+        **kwargs,
+    ):
         downsample = None
         outplanes = planes * block.expansion
         if stride != 1 or inplanes != outplanes:
@@ -134,7 +138,9 @@ class MomentumResLayer(Sequential):
                         kernel_size=stride,
                         stride=stride,
                         ceil_mode=True,
-                        count_include_pad=False))
+                        count_include_pad=False,
+                    )
+                )
             layers += [
                 build_conv_layer(
                     conv_cfg,
@@ -142,15 +148,19 @@ class MomentumResLayer(Sequential):
                     outplanes,
                     kernel_size=1,
                     stride=conv_stride,
-                    bias=False),
-                build_norm_layer(norm_cfg, outplanes)[1]
+                    bias=False,
+                ),
+                build_norm_layer(norm_cfg, outplanes)[1],
             ]
             downsample = nn.Sequential(*layers)
         if multi_grid is not None:
             dilations = list(multi_grid)
         else:
-            first = dilation // 2 if (dilation > 1
-                                      and contract_dilation) else dilation
+            first = (
+                dilation // 2
+                if (dilation > 1 and contract_dilation)
+                else dilation
+            )
             dilations = [first] + [dilation] * (num_blocks - 1)
         blocks = [
             block(
@@ -161,7 +171,8 @@ class MomentumResLayer(Sequential):
                 downsample=downsample,
                 conv_cfg=conv_cfg,
                 norm_cfg=norm_cfg,
-                **kwargs)
+                **kwargs,
+            )
         ]
         momentum_block = _MOMENTUM_BLOCKS[block]
         for index in range(1, num_blocks):
@@ -172,7 +183,8 @@ class MomentumResLayer(Sequential):
                 dilation=dilations[index],
                 conv_cfg=conv_cfg,
                 norm_cfg=norm_cfg,
-                **kwargs)
+                **kwargs,
+            )
             function.residual_fn = residual_fn
             blocks.append(function)
         super().__init__(*blocks)
@@ -186,8 +198,11 @@ class MomentumResLayer(Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         transition = self[0]
-        if (self.checkpoint_transition and self.training
-                and _needs_grad([transition], x)):
+        if (
+            self.checkpoint_transition
+            and self.training
+            and _needs_grad([transition], x)
+        ):
             x = checkpointed_call(transition, x)
         else:
             x = transition(x)
@@ -277,36 +292,37 @@ class MRevNet(ResNet):
             Defaults to False.
     """
 
-    def __init__(self,
-                 depth: int,
-                 in_channels: int = 3,
-                 stem_channels: int = 64,
-                 base_channels: int = 64,
-                 num_stages: int = 4,
-                 strides: Sequence[int] = (1, 2, 2, 2),
-                 dilations: Sequence[int] = (1, 1, 1, 1),
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 style: str = 'pytorch',
-                 deep_stem: bool = False,
-                 avg_down: bool = False,
-                 frozen_stages: int = -1,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', requires_grad=True),
-                 norm_eval: bool = False,
-                 dcn: Optional[dict] = None,
-                 stage_with_dcn: Sequence[bool] = (False, False, False,
-                                                   False),
-                 plugins: Optional[list] = None,
-                 multi_grid: Optional[Sequence[int]] = None,
-                 contract_dilation: bool = False,
-                 with_cp: bool = False,
-                 zero_init_residual: bool = True,
-                 pretrained: Optional[str] = None,
-                 init_cfg=None,
-                 gamma: float = 0.9,
-                 memory_saving: bool = True,
-                 residual_fn: str = 'branch',
-                 track_drift: bool = False):
+    def __init__(
+        self,
+        depth: int,
+        in_channels: int = 3,
+        stem_channels: int = 64,
+        base_channels: int = 64,
+        num_stages: int = 4,
+        strides: Sequence[int] = (1, 2, 2, 2),
+        dilations: Sequence[int] = (1, 1, 1, 1),
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        style: str = 'pytorch',
+        deep_stem: bool = False,
+        avg_down: bool = False,
+        frozen_stages: int = -1,
+        conv_cfg: Optional[dict] = None,
+        norm_cfg: dict = dict(type='BN', requires_grad=True),
+        norm_eval: bool = False,
+        dcn: Optional[dict] = None,
+        stage_with_dcn: Sequence[bool] = (False, False, False, False),
+        plugins: Optional[list] = None,
+        multi_grid: Optional[Sequence[int]] = None,
+        contract_dilation: bool = False,
+        with_cp: bool = False,
+        zero_init_residual: bool = True,
+        pretrained: Optional[str] = None,
+        init_cfg=None,
+        gamma: float = 0.9,
+        memory_saving: bool = True,
+        residual_fn: str = 'branch',
+        track_drift: bool = False,
+    ):
         _check_arguments(
             arch_settings=self.arch_settings,
             depth=depth,
@@ -323,7 +339,8 @@ class MRevNet(ResNet):
             stage_with_dcn=stage_with_dcn,
             plugins=plugins,
             multi_grid=multi_grid,
-            residual_fn=residual_fn)
+            residual_fn=residual_fn,
+        )
         self.gamma = gamma
         self.memory_saving = memory_saving
         self.residual_fn = residual_fn
@@ -355,7 +372,8 @@ class MRevNet(ResNet):
             with_cp=with_cp,
             zero_init_residual=zero_init_residual,
             pretrained=pretrained,
-            init_cfg=init_cfg)
+            init_cfg=init_cfg,
+        )
         self.in_channels = in_channels
 
     def make_res_layer(self, **kwargs) -> MomentumResLayer:
@@ -371,13 +389,15 @@ class MRevNet(ResNet):
             memory_saving=self.memory_saving,
             name=name,
             track_drift=self.track_drift,
-            with_cp=with_cp)
+            with_cp=with_cp,
+        )
         self.stages[name] = stage
         return MomentumResLayer(
             stage=stage,
             checkpoint_transition=self._checkpoint_blocks,
             residual_fn=self.residual_fn,
-            **kwargs)
+            **kwargs,
+        )
 
     def _stem_modules(self):
         if self.deep_stem:
@@ -397,12 +417,17 @@ class MRevNet(ResNet):
             raise ValueError(
                 f'{type(self).__name__} expects input of shape (N, '
                 f'in_channels={self.in_channels}, H, W), got '
-                f'{tuple(x.shape)}')
+                f'{tuple(x.shape)}'
+            )
         stem_modules = self._stem_modules()
-        if (self._checkpoint_blocks and self.training
-                and _needs_grad(stem_modules, x)):
+        if (
+            self._checkpoint_blocks
+            and self.training
+            and _needs_grad(stem_modules, x)
+        ):
             x = checkpointed_call(
-                self._forward_stem, x, norm_modules=stem_modules)
+                self._forward_stem, x, norm_modules=stem_modules
+            )
         else:
             x = self._forward_stem(x)
         outs = []
@@ -434,8 +459,9 @@ class MRevNetV1c(MRevNet):
     """
 
     def __init__(self, **kwargs):
-        _check_fixed(type(self).__name__, kwargs, deep_stem=True,
-                     avg_down=False)
+        _check_fixed(
+            type(self).__name__, kwargs, deep_stem=True, avg_down=False
+        )
         super().__init__(deep_stem=True, avg_down=False, **kwargs)
 
 
@@ -444,71 +470,105 @@ class MRevNetV1d(MRevNet):
     """MRevNet with the deep stem and avg-pool downsampling of ResNetV1d."""
 
     def __init__(self, **kwargs):
-        _check_fixed(type(self).__name__, kwargs, deep_stem=True,
-                     avg_down=True)
+        _check_fixed(
+            type(self).__name__, kwargs, deep_stem=True, avg_down=True
+        )
         super().__init__(deep_stem=True, avg_down=True, **kwargs)
 
 
 def _check_fixed(name: str, kwargs: dict, **fixed) -> None:
     for key, value in fixed.items():
         if key in kwargs and kwargs[key] != value:
-            raise ValueError(f'{name} fixes {key}={value}; got {key}='
-                             f'{kwargs[key]!r} (use MRevNet instead)')
+            raise ValueError(
+                f'{name} fixes {key}={value}; got {key}='
+                f'{kwargs[key]!r} (use MRevNet instead)'
+            )
         kwargs.pop(key, None)
 
 
-def _check_arguments(arch_settings, depth, in_channels, stem_channels,
-                     base_channels, num_stages, strides, dilations,
-                     out_indices, style, frozen_stages, dcn, stage_with_dcn,
-                     plugins, multi_grid, residual_fn) -> None:
+def _check_arguments(
+    arch_settings,
+    depth,
+    in_channels,
+    stem_channels,
+    base_channels,
+    num_stages,
+    strides,
+    dilations,
+    out_indices,
+    style,
+    frozen_stages,
+    dcn,
+    stage_with_dcn,
+    plugins,
+    multi_grid,
+    residual_fn,
+) -> None:
     """Reject what mmseg's ResNet would assert on, and what we lack."""
     if dcn is not None or any(stage_with_dcn):
         raise NotImplementedError(
             'MRevNet does not support dcn (deformable convolutions); '
             f'got dcn={dcn!r}, stage_with_dcn={tuple(stage_with_dcn)}. '
-            'Use dcn=None.')
+            'Use dcn=None.'
+        )
     if plugins is not None:
         raise NotImplementedError(
             f'MRevNet does not support plugins; got plugins={plugins!r}. '
-            'Use plugins=None.')
+            'Use plugins=None.'
+        )
     if depth not in arch_settings:
-        raise KeyError(f'invalid depth {depth!r} for MRevNet: depth must be '
-                       f'one of {sorted(arch_settings)}')
-    for name, value in (('in_channels', in_channels),
-                        ('stem_channels', stem_channels),
-                        ('base_channels', base_channels)):
+        raise KeyError(
+            f'invalid depth {depth!r} for MRevNet: depth must be '
+            f'one of {sorted(arch_settings)}'
+        )
+    for name, value in (
+        ('in_channels', in_channels),
+        ('stem_channels', stem_channels),
+        ('base_channels', base_channels),
+    ):
         if not _is_int(value) or value < 1:
             raise ValueError(f'{name} must be a positive int, got {value!r}')
     if not _is_int(num_stages) or not 1 <= num_stages <= 4:
-        raise ValueError(f'num_stages must be 1, 2, 3 or 4, got '
-                         f'{num_stages!r}')
+        raise ValueError(
+            f'num_stages must be 1, 2, 3 or 4, got {num_stages!r}'
+        )
     for name, value in (('strides', strides), ('dilations', dilations)):
-        if (not isinstance(value, Sequence) or len(value) != num_stages
-                or not all(_is_int(v) and v >= 1 for v in value)):
+        if (
+            not isinstance(value, Sequence)
+            or len(value) != num_stages
+            or not all(_is_int(v) and v >= 1 for v in value)
+        ):
             raise ValueError(
                 f'{name} must be {num_stages} positive ints (one per stage, '
-                f'num_stages={num_stages}), got {value!r}')
-    if (not isinstance(out_indices, Sequence) or not out_indices
-            or not all(_is_int(i) and 0 <= i < num_stages
-                       for i in out_indices)):
+                f'num_stages={num_stages}), got {value!r}'
+            )
+    if (
+        not isinstance(out_indices, Sequence)
+        or not out_indices
+        or not all(_is_int(i) and 0 <= i < num_stages for i in out_indices)
+    ):
         raise ValueError(
             f'out_indices must be a non-empty sequence of stage indices in '
             f'[0, {num_stages - 1}] (num_stages={num_stages}), got '
-            f'{out_indices!r}')
+            f'{out_indices!r}'
+        )
     if style not in ('pytorch', 'caffe'):
-        raise ValueError(
-            f"style must be 'pytorch' or 'caffe', got {style!r}")
+        raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
     if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
         raise ValueError(
             f'frozen_stages must be an int in [-1, {num_stages}] '
-            f'(num_stages={num_stages}), got {frozen_stages!r}')
+            f'(num_stages={num_stages}), got {frozen_stages!r}'
+        )
     if multi_grid is not None:
         last_blocks = arch_settings[depth][1][num_stages - 1]
-        if (len(multi_grid) != last_blocks
-                or not all(_is_int(d) and d >= 1 for d in multi_grid)):
+        if len(multi_grid) != last_blocks or not all(
+            _is_int(d) and d >= 1 for d in multi_grid
+        ):
             raise ValueError(
                 f'multi_grid must give one positive dilation per block of '
-                f'the last stage ({last_blocks} blocks), got {multi_grid!r}')
+                f'the last stage ({last_blocks} blocks), got {multi_grid!r}'
+            )
     if residual_fn not in RESIDUAL_FNS:
-        raise ValueError(f'residual_fn must be one of {RESIDUAL_FNS}, got '
-                         f'{residual_fn!r}')
+        raise ValueError(
+            f'residual_fn must be one of {RESIDUAL_FNS}, got {residual_fn!r}'
+        )

@@ -1,4 +1,5 @@
 """MRevNet backbones against mmseg's ResNet (the plain reference)."""
+
 import copy
 import warnings
 
@@ -52,8 +53,7 @@ def test_activation_memory_ratios_d8():
     plain = _activation_mib(ResNetV1c(depth=101, **D8), x)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)  # reentrant cp warning
-        with_cp = _activation_mib(
-            ResNetV1c(depth=101, with_cp=True, **D8), x)
+        with_cp = _activation_mib(ResNetV1c(depth=101, with_cp=True, **D8), x)
     mrev = {
         depth: _activation_mib(MRevNetV1c(depth=depth, **D8), x)
         for depth in (50, 101, 152)
@@ -62,8 +62,7 @@ def test_activation_memory_ratios_d8():
     assert mrev[101] <= 0.26 * with_cp, (mrev[101], with_cp)
     assert mrev[152] <= 1.05 * mrev[50], mrev
     # The memory_saving=False path keeps everything, like a plain ResNet.
-    full = _activation_mib(
-        MRevNetV1c(depth=101, memory_saving=False, **D8), x)
+    full = _activation_mib(MRevNetV1c(depth=101, memory_saving=False, **D8), x)
     assert full >= 0.9 * plain, (full, plain)
 
 
@@ -75,8 +74,11 @@ def test_memory_saving_gradients_and_buffers_match_plain(residual_fn):
     """float64, depth 50: every gradient and BN buffer, rel. error <= 1e-9."""
     torch.manual_seed(0)
     reference = MRevNetV1c(
-        depth=50, memory_saving=False, residual_fn=residual_fn,
-        zero_init_residual=False).double()
+        depth=50,
+        memory_saving=False,
+        residual_fn=residual_fn,
+        zero_init_residual=False,
+    ).double()
     reference.init_weights()
     _randomize_norms(reference)
     reference = reference.double()
@@ -88,14 +90,20 @@ def test_memory_saving_gradients_and_buffers_match_plain(residual_fn):
     results = []
     for model in (reference, saving):
         outs = model(x)
-        loss = sum((out * torch.linspace(-1, 1, out.numel(),
-                                         dtype=out.dtype).view_as(out)).sum()
-                   for out in outs)
+        loss = sum(
+            (
+                out
+                * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(
+                    out
+                )
+            ).sum()
+            for out in outs
+        )
         grads = torch.autograd.grad(loss, list(model.parameters()))
         results.append((outs, grads))
     assert saving.layer3.stage.uses_memory_saving(
-        saving.layer3.functions, torch.zeros(1, requires_grad=True), None,
-        True)
+        saving.layer3.functions, torch.zeros(1, requires_grad=True), None, True
+    )
     for out_ref, out in zip(results[0][0], results[1][0]):
         assert torch.equal(out_ref, out)
     names = [name for name, _ in reference.named_parameters()]
@@ -113,7 +121,8 @@ def test_momentum_stage_function_is_used_in_training_only():
         num_stages=2,
         strides=(1, 2),
         dilations=(1, 1),
-        out_indices=(1, ))
+        out_indices=(1,),
+    )
     x = torch.randn(2, 3, 32, 32)
     model.train()
     out = model(x)[0]
@@ -142,8 +151,9 @@ def test_momentum_stage_function_is_used_in_training_only():
 
 
 @pytest.mark.parametrize('depth', DEPTHS)
-@pytest.mark.parametrize('ours,theirs', [(MRevNetV1c, ResNetV1c),
-                                         (MRevNetV1d, ResNetV1d)])
+@pytest.mark.parametrize(
+    'ours,theirs', [(MRevNetV1c, ResNetV1c), (MRevNetV1d, ResNetV1d)]
+)
 def test_state_dict_keys_equal_mmseg(depth, ours, theirs):
     reference = theirs(depth=depth)
     model = ours(depth=depth)
@@ -164,8 +174,9 @@ def test_pretrained_checkpoint_loads_every_tensor(tmp_path):
         model = MRevNetV1c(depth=50, pretrained=str(path))
     assert model.init_cfg == dict(type='Pretrained', checkpoint=str(path))
     model.init_weights()
-    for (name, ref), value in zip(reference.state_dict().items(),
-                                  model.state_dict().values()):
+    for (name, ref), value in zip(
+        reference.state_dict().items(), model.state_dict().values()
+    ):
         assert torch.equal(ref, value), name
 
 
@@ -174,7 +185,8 @@ def test_pretrained_and_init_cfg_together_fail_like_mmseg():
         MRevNetV1c(
             depth=50,
             pretrained='a.pth',
-            init_cfg=dict(type='Pretrained', checkpoint='a.pth'))
+            init_cfg=dict(type='Pretrained', checkpoint='a.pth'),
+        )
     with pytest.raises(TypeError, match='pretrained must be a str'):
         MRevNetV1c(depth=50, pretrained=1)
 
@@ -187,8 +199,8 @@ def test_gamma_zero_block_residual_equals_resnet(layout):
     reference.init_weights()
     _randomize_norms(reference)
     model = MRevNetV1c(
-        depth=50, gamma=0.0, memory_saving=False, residual_fn='block',
-        **layout)
+        depth=50, gamma=0.0, memory_saving=False, residual_fn='block', **layout
+    )
     model.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(2, 3, 64, 96)
     for mode in ('eval', 'train'):
@@ -204,8 +216,9 @@ def test_gamma_positive_differs_from_resnet():
     torch.manual_seed(0)
     reference = ResNetV1c(depth=18, zero_init_residual=False)
     reference.init_weights()
-    model = MRevNetV1c(depth=18, gamma=0.5, residual_fn='block',
-                       zero_init_residual=False)
+    model = MRevNetV1c(
+        depth=18, gamma=0.5, residual_fn='block', zero_init_residual=False
+    )
     model.load_state_dict(reference.state_dict())
     reference.eval()
     model.eval()
@@ -217,15 +230,18 @@ def test_gamma_positive_differs_from_resnet():
 # -- 4. shapes, freezing, norm_eval, invalid arguments ---------------------
 
 
-@pytest.mark.parametrize('layout,sizes', [
-    (D8, [(256, 16, 16), (512, 8, 8), (1024, 8, 8), (2048, 8, 8)]),
-    ({}, [(256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]),
-])
+@pytest.mark.parametrize(
+    'layout,sizes',
+    [
+        (D8, [(256, 16, 16), (512, 8, 8), (1024, 8, 8), (2048, 8, 8)]),
+        ({}, [(256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]),
+    ],
+)
 def test_output_shapes(layout, sizes):
     model = MRevNetV1c(depth=50, **layout)
     model.train()
     outs = model(torch.randn(2, 3, 64, 64))
-    assert [tuple(o.shape) for o in outs] == [(2, ) + s for s in sizes]
+    assert [tuple(o.shape) for o in outs] == [(2,) + s for s in sizes]
     model = MRevNetV1c(depth=18, out_indices=(1, 3), **layout)
     model.eval()
     outs = model(torch.randn(1, 3, 64, 64))
@@ -242,8 +258,11 @@ def test_frozen_stages(frozen_stages):
     for module in frozen:
         assert not module.training
         assert all(not p.requires_grad for p in module.parameters())
-        assert all(not m.training for m in module.modules()
-                   if isinstance(m, _BatchNorm))
+        assert all(
+            not m.training
+            for m in module.modules()
+            if isinstance(m, _BatchNorm)
+        )
     trainable = getattr(model, f'layer{frozen_stages + 1}')
     assert trainable.training
     assert all(p.requires_grad for p in trainable.parameters())
@@ -261,8 +280,9 @@ def test_frozen_stages(frozen_stages):
 def test_norm_eval_keeps_bn_in_eval_and_buffers_fixed():
     model = MRevNetV1c(depth=18, norm_eval=True)
     model.train()
-    assert all(not m.training for m in model.modules()
-               if isinstance(m, _BatchNorm))
+    assert all(
+        not m.training for m in model.modules() if isinstance(m, _BatchNorm)
+    )
     before = copy.deepcopy(model.state_dict())
     outs = model(torch.randn(2, 3, 64, 64))
     sum(o.sum() for o in outs).backward()
@@ -270,32 +290,48 @@ def test_norm_eval_keeps_bn_in_eval_and_buffers_fixed():
         assert torch.equal(value, before[name]), name
 
 
-@pytest.mark.parametrize('kwargs,error,match', [
-    (dict(depth=42), KeyError, 'depth'),
-    (dict(depth=50, num_stages=5), ValueError, 'num_stages'),
-    (dict(depth=50, num_stages=0), ValueError, 'num_stages'),
-    (dict(depth=50, strides=(1, 2)), ValueError, 'strides'),
-    (dict(depth=50, dilations=(1, 1, 1)), ValueError, 'dilations'),
-    (dict(depth=50, out_indices=(4, )), ValueError, 'out_indices'),
-    (dict(depth=50, out_indices=()), ValueError, 'out_indices'),
-    (dict(depth=50, frozen_stages=5), ValueError, 'frozen_stages'),
-    (dict(depth=50, frozen_stages=-2), ValueError, 'frozen_stages'),
-    (dict(depth=50, style='tf'), ValueError, 'style'),
-    (dict(depth=50, in_channels=0), ValueError, 'in_channels'),
-    (dict(depth=50, gamma=1.0), ValueError, 'gamma'),
-    (dict(depth=50, gamma=0.0), ValueError, 'gamma'),
-    (dict(depth=50, gamma='0.9'), TypeError, 'gamma'),
-    (dict(depth=152, gamma=0.05), ValueError, 'gamma=0.05 is too small'),
-    (dict(depth=50, residual_fn='identity'), ValueError, 'residual_fn'),
-    (dict(depth=50, multi_grid=(1, 2)), ValueError, 'multi_grid'),
-    (dict(depth=50, dcn=dict(type='DCNv2', deform_groups=1)),
-     NotImplementedError, 'dcn'),
-    (dict(depth=50, stage_with_dcn=(False, True, True, True)),
-     NotImplementedError, 'dcn'),
-    (dict(depth=50, plugins=[dict(cfg=dict(type='ContextBlock'),
-                                  position='after_conv3')]),
-     NotImplementedError, 'plugins'),
-])
+@pytest.mark.parametrize(
+    'kwargs,error,match',
+    [
+        (dict(depth=42), KeyError, 'depth'),
+        (dict(depth=50, num_stages=5), ValueError, 'num_stages'),
+        (dict(depth=50, num_stages=0), ValueError, 'num_stages'),
+        (dict(depth=50, strides=(1, 2)), ValueError, 'strides'),
+        (dict(depth=50, dilations=(1, 1, 1)), ValueError, 'dilations'),
+        (dict(depth=50, out_indices=(4,)), ValueError, 'out_indices'),
+        (dict(depth=50, out_indices=()), ValueError, 'out_indices'),
+        (dict(depth=50, frozen_stages=5), ValueError, 'frozen_stages'),
+        (dict(depth=50, frozen_stages=-2), ValueError, 'frozen_stages'),
+        (dict(depth=50, style='tf'), ValueError, 'style'),
+        (dict(depth=50, in_channels=0), ValueError, 'in_channels'),
+        (dict(depth=50, gamma=1.0), ValueError, 'gamma'),
+        (dict(depth=50, gamma=0.0), ValueError, 'gamma'),
+        (dict(depth=50, gamma='0.9'), TypeError, 'gamma'),
+        (dict(depth=152, gamma=0.05), ValueError, 'gamma=0.05 is too small'),
+        (dict(depth=50, residual_fn='identity'), ValueError, 'residual_fn'),
+        (dict(depth=50, multi_grid=(1, 2)), ValueError, 'multi_grid'),
+        (
+            dict(depth=50, dcn=dict(type='DCNv2', deform_groups=1)),
+            NotImplementedError,
+            'dcn',
+        ),
+        (
+            dict(depth=50, stage_with_dcn=(False, True, True, True)),
+            NotImplementedError,
+            'dcn',
+        ),
+        (
+            dict(
+                depth=50,
+                plugins=[
+                    dict(cfg=dict(type='ContextBlock'), position='after_conv3')
+                ],
+            ),
+            NotImplementedError,
+            'plugins',
+        ),
+    ],
+)
 def test_invalid_arguments_raise_naming_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         MRevNet(**kwargs)
@@ -324,10 +360,16 @@ def test_multi_grid_sets_last_stage_dilations():
 
 def test_with_cp_plain_path_matches_without():
     torch.manual_seed(0)
-    plain = MRevNetV1c(depth=18, memory_saving=False, gamma=0.5,
-                       zero_init_residual=False)
-    checkpointed = MRevNetV1c(depth=18, memory_saving=False, gamma=0.5,
-                              with_cp=True, zero_init_residual=False)
+    plain = MRevNetV1c(
+        depth=18, memory_saving=False, gamma=0.5, zero_init_residual=False
+    )
+    checkpointed = MRevNetV1c(
+        depth=18,
+        memory_saving=False,
+        gamma=0.5,
+        with_cp=True,
+        zero_init_residual=False,
+    )
     checkpointed.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 32, 32)
     grads = []
@@ -355,7 +397,8 @@ def test_builds_from_config_under_default_scope(scope):
     else:
         from mmpretrain.registry import MODELS
     backbone = MODELS.build(
-        dict(type='MRevNetV1c', depth=18, out_indices=(3, )))
+        dict(type='MRevNetV1c', depth=18, out_indices=(3,))
+    )
     assert isinstance(backbone, MRevNetV1c)
     assert ROOT_MODELS.get('MRevNetV1d') is MRevNetV1d
     assert ROOT_MODELS.get('MRevNet') is MRevNet
@@ -380,10 +423,14 @@ def test_drift_report_per_stage():
     model = MRevNetV1c(depth=50, track_drift=True)
     model.train()
     assert set(model.reconstruction_drift()) == {
-        'layer1', 'layer2', 'layer3', 'layer4'
+        'layer1',
+        'layer2',
+        'layer3',
+        'layer4',
     }
     outs = model(torch.randn(2, 3, 32, 32))
     sum(o.sum() for o in outs).backward()
     drift = model.reconstruction_drift()
-    assert all(value is not None and value < 1e-4
-               for value in drift.values()), drift
+    assert all(
+        value is not None and value < 1e-4 for value in drift.values()
+    ), drift

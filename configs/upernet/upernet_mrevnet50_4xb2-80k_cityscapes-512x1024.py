@@ -1,0 +1,5 @@
+_base_ = [
+    'mmseg::upernet/upernet_r50_4xb2-80k_cityscapes-512x1024.py',
+    '../_base_/models/mrevnet_v1c.py',
+]
+model = dict(backbone=_base_.mrevnet_v1c)

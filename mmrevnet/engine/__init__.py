@@ -1,0 +1,14 @@
+from .amp import BF16CPUAmpOptimWrapper
+from .config import build_test_config, build_train_config
+from .distributed import (
+    CPUAwareDistributedDataParallel,
+    init_cpu_process_group,
+)
+
+__all__ = [
+    'build_train_config',
+    'build_test_config',
+    'CPUAwareDistributedDataParallel',
+    'init_cpu_process_group',
+    'BF16CPUAmpOptimWrapper',
+]

@@ -1,0 +1,137 @@
+"""Turn command-line options into a Runner config (shared by the tools)."""
+
+import os.path as osp
+from typing import Optional
+
+import torch
+from mmengine.config import Config
+
+from .distributed import init_cpu_process_group
+
+
+def _config_stem(config: str) -> str:
+    return osp.splitext(osp.basename(config))[0]
+
+
+def _enable_amp(cfg: Config) -> None:
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper in ('AmpOptimWrapper', 'BF16CPUAmpOptimWrapper'):
+        return
+    if wrapper != 'OptimWrapper':
+        raise ValueError(
+            f'--amp needs optim_wrapper.type OptimWrapper, got {wrapper!r}'
+        )
+    if torch.cuda.is_available():
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        cfg.optim_wrapper.type = 'BF16CPUAmpOptimWrapper'
+
+
+def _prepare_launcher(cfg: Config, launcher: str) -> None:
+    cfg.launcher = launcher
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend', 'gloo')
+    if backend != 'gloo':
+        # NCCL needs GPUs; without them gloo is the only choice.
+        cfg.env_cfg.dist_cfg.backend = backend = 'gloo'
+    init_cpu_process_group(backend)
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(
+            type='CPUAwareDistributedDataParallel',
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False),
+        )
+
+
+def build_train_config(
+    config: str,
+    work_dir: Optional[str] = None,
+    resume=False,
+    amp: bool = False,
+    cfg_options: Optional[dict] = None,
+    launcher: str = 'none',
+) -> Config:
+    """Config for ``tools/train.py`` (mmseg / mmpretrain conventions).
+
+    Args:
+        config (str): Config file.
+        work_dir (str, optional): Overrides ``cfg.work_dir``; else
+            ``./work_dirs/<config name>``. Defaults to None.
+        resume (bool | str): True resumes from the latest checkpoint in the
+            work dir, a path resumes from that checkpoint. Defaults to False.
+        amp (bool): Mixed precision (fp16 + loss scaling on CUDA, bf16 on
+            CPU). Defaults to False.
+        cfg_options (dict, optional): Overrides, as ``--cfg-options``.
+        launcher (str): 'none', 'pytorch', 'slurm' or 'mpi'.
+            Defaults to 'none'.
+
+    Returns:
+        Config: Ready for ``Runner.from_cfg``.
+    """
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', _config_stem(config))
+    if amp:
+        _enable_amp(cfg)
+    if resume is True:
+        cfg.resume = True
+        cfg.load_from = None
+    elif resume:
+        cfg.resume = True
+        cfg.load_from = resume
+    _prepare_launcher(cfg, launcher)
+    return cfg
+
+
+def build_test_config(
+    config: str,
+    checkpoint: str,
+    work_dir: Optional[str] = None,
+    out: Optional[str] = None,
+    show_dir: Optional[str] = None,
+    cfg_options: Optional[dict] = None,
+    launcher: str = 'none',
+) -> Config:
+    """Config for ``tools/test.py``.
+
+    Args:
+        config (str): Config file.
+        checkpoint (str): Checkpoint to evaluate.
+        work_dir (str, optional): Where logs and metrics go.
+        out (str, optional): Directory for segmentation predictions saved
+            by mmseg's ``IoUMetric`` (``output_dir``, format only off).
+        show_dir (str, optional): Directory for painted predictions.
+        cfg_options (dict, optional): Overrides, as ``--cfg-options``.
+        launcher (str): 'none', 'pytorch', 'slurm' or 'mpi'.
+
+    Returns:
+        Config: Ready for ``Runner.from_cfg(cfg).test()``.
+    """
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', _config_stem(config))
+    cfg.load_from = checkpoint
+    if show_dir is not None:
+        hooks = cfg.default_hooks
+        if 'visualization' not in hooks:
+            raise ValueError(
+                '--show-dir needs a "visualization" hook in default_hooks'
+            )
+        hooks.visualization.draw = True
+        hooks.visualization.interval = 1
+        cfg.visualizer.save_dir = show_dir
+    if out is not None:
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    _prepare_launcher(cfg, launcher)
+    return cfg

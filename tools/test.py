@@ -1,0 +1,63 @@
+"""Evaluate a checkpoint with the config's test split and metric.
+
+Example:
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis --work-dir out
+"""
+
+import argparse
+import os
+
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+
+import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
+from mmrevnet.engine import build_test_config
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Test a checkpoint')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument(
+        '--out', help='directory where predictions are saved as PNG'
+    )
+    parser.add_argument(
+        '--show-dir', help='directory where painted images are saved'
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings in the config, key=value pairs',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main():
+    args = parse_args()
+    cfg = build_test_config(
+        args.config,
+        args.checkpoint,
+        work_dir=args.work_dir,
+        out=args.out,
+        show_dir=args.show_dir,
+        cfg_options=args.cfg_options,
+        launcher=args.launcher,
+    )
+    runner = Runner.from_cfg(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

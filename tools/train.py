@@ -1,0 +1,71 @@
+"""Train a segmentor or classifier from an mmseg / mmpretrain config.
+
+Example:
+    python tools/train.py configs/demo/<config>.py
+    python tools/train.py CONFIG --work-dir work_dirs/x --resume --amp
+"""
+
+import argparse
+import os
+
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+
+import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
+from mmrevnet.engine import build_train_config
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from the latest checkpoint in the work_dir, or from '
+        'the given checkpoint',
+    )
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='mixed precision: fp16 with loss scaling on CUDA, bf16 on CPU',
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings in the config, key=value pairs',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main():
+    args = parse_args()
+    resume = True if args.resume == 'auto' else (args.resume or False)
+    cfg = build_train_config(
+        args.config,
+        work_dir=args.work_dir,
+        resume=resume,
+        amp=args.amp,
+        cfg_options=args.cfg_options,
+        launcher=args.launcher,
+    )
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
