@@ -40,13 +40,17 @@ Example:
     >>> counter.bytes  # x (128 B) and the ReLU output (128 B)
     256
 """
+
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    'SavedTensorCounter', 'SavedStorage', 'saved_bytes', 'cuda_peak_memory'
+    'SavedTensorCounter',
+    'SavedStorage',
+    'saved_bytes',
+    'cuda_peak_memory',
 ]
 
 _MIB = float(2**20)
@@ -93,8 +97,10 @@ class SavedStorage:
         self.count = 1
 
     def __repr__(self) -> str:
-        return (f'SavedStorage(nbytes={self.nbytes}, shape={self.shape}, '
-                f'dtype={self.dtype}, count={self.count})')
+        return (
+            f'SavedStorage(nbytes={self.nbytes}, shape={self.shape}, '
+            f'dtype={self.dtype}, count={self.count})'
+        )
 
 
 class SavedTensorCounter:
@@ -166,7 +172,8 @@ class SavedTensorCounter:
             raise RuntimeError('SavedTensorCounter is already active')
         self._reset()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(
-            self._pack, self._unpack)
+            self._pack, self._unpack
+        )
         self._hooks.__enter__()
         return self
 
@@ -189,9 +196,11 @@ class SavedTensorCounter:
         return sum(self._excluded_seen.values())
 
     def __repr__(self) -> str:
-        return (f'SavedTensorCounter(bytes={self.bytes}, '
-                f'storages={len(self.storages)}, '
-                f'num_saved={self.num_saved})')
+        return (
+            f'SavedTensorCounter(bytes={self.bytes}, '
+            f'storages={len(self.storages)}, '
+            f'num_saved={self.num_saved})'
+        )
 
 
 def saved_bytes(fn: Callable, *inputs, exclude: Iterable[Tensor] = ()) -> int:
@@ -206,9 +215,7 @@ def saved_bytes(fn: Callable, *inputs, exclude: Iterable[Tensor] = ()) -> int:
     return counter.bytes
 
 
-def cuda_peak_memory(fn: Callable,
-                     *inputs,
-                     device=None) -> Optional[int]:
+def cuda_peak_memory(fn: Callable, *inputs, device=None) -> Optional[int]:
     """Peak CUDA memory allocated while running ``fn(*inputs)``, in bytes.
 
     Resets the peak statistics of ``device`` (default: the current CUDA

@@ -2,6 +2,7 @@
 
 from .coupling import (
     DEFAULT_MAX_AMPLIFICATION,
+    LOW_PRECISION_MAX_AMPLIFICATION,
     amplification,
     forward_step,
     inverse_position,
@@ -26,4 +27,5 @@ __all__ = [
     'amplification',
     'state_anchor_interval',
     'DEFAULT_MAX_AMPLIFICATION',
+    'LOW_PRECISION_MAX_AMPLIFICATION',
 ]

@@ -97,7 +97,7 @@ class MomentumStageFunction(torch.autograd.Function):
         x_start = x
         v = torch.zeros_like(x) if v0 is None else v0
         v_start = v
-        interval = stage.anchor_interval
+        interval = stage.anchor_interval_for(ctx.autocast.low_precision)
         with torch.no_grad():
             for step, function in enumerate(functions):
                 if interval and step and step % interval == 0:
@@ -140,7 +140,11 @@ class MomentumStageFunction(torch.autograd.Function):
         grad_v = None
         for step in range(len(ctx.functions) - 1, -1, -1):
             function = ctx.functions[step]
-            x = inverse_position(x, v)
+            if step in anchors:
+                # The stored state is exact: evaluate F_t on it.
+                x, v_stored = anchors[step]
+            else:
+                x = inverse_position(x, v)
             replay = (
                 ctx.rng_states[step].replay()
                 if stage.preserve_rng_state
@@ -169,7 +173,7 @@ class MomentumStageFunction(torch.autograd.Function):
                 )
             grad_v = gamma * total
             if step in anchors:
-                x, v = anchors[step]
+                v = v_stored
             else:
                 v = inverse_velocity(v, fx.detach(), gamma)
         _check_finite(stage, 'reconstructed stage input', x, v)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .coupling import (
     DEFAULT_MAX_AMPLIFICATION,
+    LOW_PRECISION_MAX_AMPLIFICATION,
     amplification,
     forward_step,
     state_anchor_interval,
@@ -88,8 +89,27 @@ class MomentumStage:
         self.with_cp = with_cp
         self.report = StageReport()
         self.anchor_interval = 0
+        self.low_precision_anchor_interval = 0
         if self.memory_saving:
             self.anchor_interval = self._plan_stored_states()
+            self.low_precision_anchor_interval = self._interval(
+                min(self.max_amplification, LOW_PRECISION_MAX_AMPLIFICATION)
+            )
+
+    def _interval(self, max_amplification: float) -> int:
+        if amplification(self.gamma, self.num_functions) <= max_amplification:
+            return 0
+        return state_anchor_interval(self.gamma, max_amplification)
+
+    def anchor_interval_for(self, low_precision: bool) -> int:
+        """Blocks between stored states (0: none) for the forward's precision.
+
+        Args:
+            low_precision (bool): The functions run under 16-bit autocast.
+        """
+        if low_precision:
+            return self.low_precision_anchor_interval
+        return self.anchor_interval
 
     @property
     def num_stored_states(self) -> int:

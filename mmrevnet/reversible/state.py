@@ -114,6 +114,11 @@ class AutocastState:
         )
         self.cache_enabled = torch.is_autocast_cache_enabled()
 
+    @property
+    def low_precision(self) -> bool:
+        """Whether the functions run in a 16-bit autocast dtype."""
+        return self.enabled and self.dtype in (torch.float16, torch.bfloat16)
+
     def enter(self):
         """Context manager that reproduces the captured autocast state."""
         if not self.enabled:

@@ -1,0 +1,100 @@
+"""Activation memory and step time: m-RevNet vs ResNetV1c (plain, with_cp).
+
+Examples:
+    # full CPU run (backbone, PSPNet, DeepLabV3, UPerNet; depths 50/101/152)
+    python tools/analysis_tools/benchmark_memory.py --out-dir docs/benchmark
+    # CI smoke run
+    python tools/analysis_tools/benchmark_memory.py --quick --out-dir /tmp/b
+    # GPU (see tools/analysis_tools/benchmark_gpu.sh)
+    python tools/analysis_tools/benchmark_memory.py --device cuda \
+        --heads pspnet --depths 50 101 --size 512 1024
+"""
+
+import argparse
+import json
+import os
+import os.path as osp
+import platform
+
+import torch
+
+import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
+from mmrevnet.analysis.benchmark import (
+    HEADS,
+    VARIANTS,
+    markdown_table,
+    plot,
+    run_benchmark,
+)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--out-dir', default='work_dirs/benchmark')
+    parser.add_argument(
+        '--depths', type=int, nargs='+', default=[50, 101, 152]
+    )
+    parser.add_argument(
+        '--heads', nargs='+', default=list(HEADS), choices=list(HEADS)
+    )
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--size', type=int, nargs=2, default=[128, 256])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument(
+        '--no-time', action='store_true', help='memory only (deterministic)'
+    )
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='depth 50, backbone and PSPNet, 64x128, 1 timed step (CI)',
+    )
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.quick:
+        args.depths, args.heads = [50], ['backbone', 'pspnet']
+        args.size, args.repeats, args.warmup = [64, 128], 1, 0
+    rows = run_benchmark(
+        depths=args.depths,
+        heads=args.heads,
+        variants=list(VARIANTS),
+        batch_size=args.batch_size,
+        size=args.size,
+        device=args.device,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        measure_time=not args.no_time,
+    )
+    os.makedirs(args.out_dir, exist_ok=True)
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith('cuda')
+        else f'{platform.processor() or platform.machine()} CPU, '
+        f'{torch.get_num_threads()} threads'
+    )
+    result = dict(
+        device=device_name,
+        torch=torch.__version__,
+        settings=vars(args),
+        rows=rows,
+    )
+    with open(osp.join(args.out_dir, 'benchmark.json'), 'w') as f:
+        json.dump(result, f, indent=2)
+    table = markdown_table(rows)
+    with open(osp.join(args.out_dir, 'benchmark.md'), 'w') as f:
+        f.write(
+            f'Device: {device_name}; torch {torch.__version__}; batch '
+            f'{args.batch_size}, {args.size[0]}x{args.size[1]}.\n\n'
+        )
+        f.write(table)
+    figure = plot(rows, osp.join(args.out_dir, 'benchmark.png'))
+    print(table)
+    print(f'written: {args.out_dir}/benchmark.json, benchmark.md, {figure}')
+
+
+if __name__ == '__main__':
+    main()
