@@ -4,8 +4,16 @@ from .distributed import (
     CPUAwareDistributedDataParallel,
     init_cpu_process_group,
 )
+from .hooks import (
+    CheckInvalidLossHook,
+    ReconstructionDriftHook,
+    momentum_stages,
+)
 
 __all__ = [
+    'ReconstructionDriftHook',
+    'CheckInvalidLossHook',
+    'momentum_stages',
     'build_train_config',
     'build_test_config',
     'CPUAwareDistributedDataParallel',

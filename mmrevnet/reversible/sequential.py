@@ -83,6 +83,15 @@ class MomentumStage:
         self.memory_saving = bool(memory_saving)
         self.num_functions = int(num_functions)
         self.name = name
+        if (
+            isinstance(max_amplification, bool)
+            or not isinstance(max_amplification, numbers.Real)
+            or not max_amplification > 1.0
+        ):
+            raise ValueError(
+                'max_amplification must be a number > 1, got '
+                f'{max_amplification!r}'
+            )
         self.max_amplification = float(max_amplification)
         self.preserve_rng_state = preserve_rng_state
         self.track_drift = track_drift

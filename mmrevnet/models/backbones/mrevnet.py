@@ -15,7 +15,11 @@ from mmengine.registry import MODELS
 from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from torch import Tensor, nn
 
-from mmrevnet.reversible import MomentumStage, checkpointed_call
+from mmrevnet.reversible import (
+    DEFAULT_MAX_AMPLIFICATION,
+    MomentumStage,
+    checkpointed_call,
+)
 
 RESIDUAL_FNS = ('branch', 'block')
 
@@ -290,6 +294,11 @@ class MRevNet(ResNet):
             reconstructed input drifted from the true one (keeps two extra
             tensors per stage; see :meth:`reconstruction_drift`).
             Defaults to False.
+        max_amplification (float, optional): Largest growth of rounding
+            errors accepted between two stored states of a stage; smaller
+            gamma or deeper stages store intermediate states to stay below
+            it (see ``mmrevnet.reversible.coupling``). None uses 2**8.
+            Defaults to None.
     """
 
     def __init__(
@@ -322,6 +331,7 @@ class MRevNet(ResNet):
         memory_saving: bool = True,
         residual_fn: str = 'branch',
         track_drift: bool = False,
+        max_amplification: Optional[float] = None,
     ):
         _check_arguments(
             arch_settings=self.arch_settings,
@@ -345,6 +355,11 @@ class MRevNet(ResNet):
         self.memory_saving = memory_saving
         self.residual_fn = residual_fn
         self.track_drift = track_drift
+        self.max_amplification = (
+            DEFAULT_MAX_AMPLIFICATION
+            if max_amplification is None
+            else max_amplification
+        )
         self._checkpoint_blocks = bool(memory_saving or with_cp)
         self._num_stages_built = 0
         self.stages: Dict[str, MomentumStage] = {}
@@ -389,6 +404,7 @@ class MRevNet(ResNet):
             memory_saving=self.memory_saving,
             name=name,
             track_drift=self.track_drift,
+            max_amplification=self.max_amplification,
             with_cp=with_cp,
         )
         self.stages[name] = stage

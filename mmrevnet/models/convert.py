@@ -1,0 +1,463 @@
+"""Convert ResNet checkpoints of other libraries into MRevNet checkpoints.
+
+MRevNet keeps the parameter names of mmseg's ``ResNet`` (see
+:mod:`mmrevnet.models.backbones.mrevnet`), so a ResNet checkpoint converts
+by renaming keys, never by changing tensors:
+
+* **mmseg** ``ResNet``/``ResNetV1c``/``ResNetV1d``: keys are already those
+  of ``MRevNet``/``MRevNetV1c``/``MRevNetV1d``.
+* **mmpretrain** ``ResNet``/``ResNetV1c``/``ResNetV1d``: the deep stem is
+  made of ``ConvModule`` s (``stem.<i>.conv``/``stem.<i>.bn``), which
+  become mmseg's flat ``stem.<3i>``/``stem.<3i + 1>``. With avg-pool
+  downsampling (V1d), mmpretrain leaves out the pool of a stride-one stage
+  (``layer1.0.downsample.{0,1}``), where mmseg puts an identity
+  ``AvgPool2d(1)`` first (``layer1.0.downsample.{1,2}``).
+* **torchvision** ``resnet18`` ... ``resnet152``: keys equal those of the
+  plain ``MRevNet`` (7x7 stem, stride on the 3x3 conv, i.e.
+  ``style='pytorch'``); the classifier ``fc`` is dropped.
+
+Whole-model checkpoints of mmseg or mmpretrain (``backbone.`` prefix) and
+DistributedDataParallel ones (``module.`` prefix) are accepted; keys
+outside the backbone are dropped. The result is checked against a target
+MRevNet of the requested depth and variant: missing and unexpected keys are
+reported, a tensor whose shape differs from the target's is refused with
+:class:`ConversionError`.
+
+The converted checkpoint assumes ``style='pytorch'`` (the default of all
+three libraries): the key names cannot tell where a bottleneck strides.
+"""
+
+import os
+import os.path as osp
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .backbones import MRevNet, MRevNetV1c, MRevNetV1d
+
+__all__ = [
+    'SOURCES',
+    'VARIANTS',
+    'ConversionError',
+    'ConversionResult',
+    'load_state_dict',
+    'strip_prefixes',
+    'detect_source',
+    'rename_keys',
+    'target_shapes',
+    'convert_state_dict',
+    'convert_checkpoint',
+]
+
+#: Source libraries that :func:`convert_state_dict` understands.
+SOURCES = ('mmseg', 'mmpretrain', 'torchvision')
+
+#: Target variants and their backbone classes.
+VARIANTS = {'plain': MRevNet, 'v1c': MRevNetV1c, 'v1d': MRevNetV1d}
+
+# Top-level modules of mmseg segmentors and mmpretrain classifiers that are
+# not part of the backbone.
+_MMSEG_HEADS = ('decode_head.', 'auxiliary_head.')
+_MMPRETRAIN_HEADS = ('neck.', 'head.')
+_MMPRETRAIN_STEM = re.compile(r'^stem\.(\d+)\.(conv|bn)\.(.+)$')
+_DOWNSAMPLE = re.compile(r'^(layer\d+\.0\.downsample)\.(\d+)\.(.+)$')
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted (e.g. a shape mismatch)."""
+
+
+@dataclass
+class ConversionResult:
+    """Outcome of a conversion.
+
+    Attributes:
+        state_dict (OrderedDict): The converted tensors, in the key order of
+            the target, restricted to the target's keys.
+        source (str): The source library (detected or given).
+        variant (str): ``'plain'``, ``'v1c'`` or ``'v1d'``.
+        depth (int): Depth of the target.
+        missing_keys (list[str]): Target keys the checkpoint does not fill.
+        unexpected_keys (list[str]): Backbone keys of the checkpoint (after
+            renaming) that the target does not have; left out of
+            ``state_dict``.
+        dropped_keys (list[str]): Keys outside the backbone (heads, necks,
+            torchvision's ``fc``), left out on purpose.
+        filled_keys (list[str]): ``num_batches_tracked`` buffers that old
+            checkpoints lack, filled with zero.
+        renamed (dict): Source key to target key, for renamed keys only.
+    """
+
+    state_dict: 'OrderedDict[str, Tensor]'
+    source: str
+    variant: str
+    depth: int
+    missing_keys: List[str] = field(default_factory=list)
+    unexpected_keys: List[str] = field(default_factory=list)
+    dropped_keys: List[str] = field(default_factory=list)
+    filled_keys: List[str] = field(default_factory=list)
+    renamed: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the target loads it with ``strict=True``."""
+        return not self.missing_keys and not self.unexpected_keys
+
+    @property
+    def target_type(self) -> str:
+        """Registered name of the target backbone class."""
+        return VARIANTS[self.variant].__name__
+
+    def meta(self, **extra) -> dict:
+        """The ``meta`` entry written next to the state dict.
+
+        Args:
+            **extra: More entries (e.g. the source file name).
+
+        Returns:
+            dict: Description of the conversion.
+        """
+        from mmrevnet import __version__
+
+        meta = dict(
+            converted_by='mmrevnet.models.convert',
+            mmrevnet_version=__version__,
+            source=self.source,
+            target=dict(
+                type=self.target_type, depth=self.depth, style='pytorch'
+            ),
+            missing_keys=list(self.missing_keys),
+            unexpected_keys=list(self.unexpected_keys),
+            dropped_keys=list(self.dropped_keys),
+            filled_keys=list(self.filled_keys),
+        )
+        meta.update(extra)
+        return meta
+
+    def summary(self) -> str:
+        """Human-readable report of the conversion."""
+        lines = [
+            f'source: {self.source}; target: {self.target_type}'
+            f'(depth={self.depth}); {len(self.state_dict)} tensors '
+            f'({len(self.renamed)} renamed)'
+        ]
+        for title, keys in (
+            ('missing keys (left at their initialisation)', self.missing_keys),
+            ('unexpected keys (not written)', self.unexpected_keys),
+            ('dropped keys (not part of the backbone)', self.dropped_keys),
+            ('filled with zero', self.filled_keys),
+        ):
+            if keys:
+                lines.append(f'{title}: {len(keys)}')
+                lines.extend(f'    {key}' for key in keys)
+        return '\n'.join(lines)
+
+
+def load_state_dict(
+    checkpoint: Union[str, Mapping],
+) -> 'OrderedDict[str, Tensor]':
+    """Read the tensors of a checkpoint file or object.
+
+    Accepts a bare state dict (torchvision), or a dict holding it under
+    ``'state_dict'`` (mmengine) or ``'model'`` (torchvision's reference
+    training scripts).
+
+    Args:
+        checkpoint (str | Mapping): A path or URL understood by mmengine's
+            ``CheckpointLoader``, or an already loaded checkpoint.
+
+    Returns:
+        OrderedDict: Key to tensor; non-tensor entries are left out.
+    """
+    if isinstance(checkpoint, str):
+        from mmengine.runner import CheckpointLoader
+
+        checkpoint = CheckpointLoader.load_checkpoint(
+            checkpoint, map_location='cpu'
+        )
+    if not isinstance(checkpoint, Mapping):
+        raise ConversionError(
+            f'a checkpoint must be a dict, got {type(checkpoint).__name__}'
+        )
+    for key in ('state_dict', 'model'):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    tensors = OrderedDict(
+        (k, v) for k, v in checkpoint.items() if isinstance(v, Tensor)
+    )
+    if not tensors:
+        raise ConversionError('the checkpoint holds no tensors')
+    return tensors
+
+
+def strip_prefixes(
+    state_dict: Mapping[str, Tensor],
+) -> Tuple['OrderedDict[str, Tensor]', List[str], bool]:
+    """Remove ``module.`` and keep the backbone of a whole-model checkpoint.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): The tensors of a checkpoint.
+
+    Returns:
+        tuple: ``(backbone_state_dict, dropped_keys, whole_model)`` where
+        ``dropped_keys`` are the (``module.``-stripped) keys outside
+        ``backbone.`` and ``whole_model`` tells whether a ``backbone.``
+        prefix was found.
+    """
+    stripped = OrderedDict()
+    for key, value in state_dict.items():
+        while key.startswith('module.'):
+            key = key[len('module.') :]
+        stripped[key] = value
+    if not any(k.startswith('backbone.') for k in stripped):
+        return stripped, [], False
+    backbone, dropped = OrderedDict(), []
+    for key, value in stripped.items():
+        if key.startswith('backbone.'):
+            backbone[key[len('backbone.') :]] = value
+        else:
+            dropped.append(key)
+    return backbone, dropped, True
+
+
+def detect_source(
+    state_dict: Mapping[str, Tensor], dropped_keys: List[str] = ()
+) -> str:
+    """Tell which library wrote a ResNet state dict.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): Backbone tensors, prefixes
+            already stripped (see :func:`strip_prefixes`).
+        dropped_keys (list[str]): Keys outside the backbone of a whole-model
+            checkpoint (they name the heads). Defaults to ().
+
+    Returns:
+        str: ``'mmpretrain'`` (``ConvModule`` deep stem, or classifier
+        heads), ``'torchvision'`` (a top-level ``fc``), else ``'mmseg'``
+        (keys already in the MRevNet layout; this includes plain ResNets
+        of mmpretrain and torchvision without ``fc``, whose keys are the
+        same).
+    """
+    if any(_MMPRETRAIN_STEM.match(k) for k in state_dict):
+        return 'mmpretrain'
+    if any(k.startswith(_MMPRETRAIN_HEADS) for k in dropped_keys):
+        return 'mmpretrain'
+    if any(k.startswith(_MMSEG_HEADS) for k in dropped_keys):
+        return 'mmseg'
+    if 'fc.weight' in state_dict:
+        return 'torchvision'
+    return 'mmseg'
+
+
+def _mmpretrain_key(key: str, avg_down: bool, convs: set) -> str:
+    match = _MMPRETRAIN_STEM.match(key)
+    if match:
+        index, kind, rest = match.groups()
+        return f'stem.{3 * int(index) + (kind == "bn")}.{rest}'
+    match = _DOWNSAMPLE.match(key)
+    if avg_down and match and match.group(1) in convs:
+        prefix, index, rest = match.groups()
+        return f'{prefix}.{int(index) + 1}.{rest}'
+    return key
+
+
+def rename_keys(
+    state_dict: Mapping[str, Tensor], source: str, avg_down: bool = False
+) -> Tuple['OrderedDict[str, Tensor]', List[str], Dict[str, str]]:
+    """Rename the backbone keys of ``source`` to those of MRevNet.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): Backbone tensors, prefixes
+            already stripped.
+        source (str): One of :data:`SOURCES`.
+        avg_down (bool): Whether the target puts an ``AvgPool2d`` first in
+            every downsample branch (V1d). Defaults to False.
+
+    Returns:
+        tuple: ``(state_dict, dropped_keys, renamed)``.
+    """
+    if source not in SOURCES:
+        raise ValueError(f'source must be one of {SOURCES}, got {source!r}')
+    out, dropped, renamed = OrderedDict(), [], {}
+    # Downsample branches of mmpretrain that start with the conv (no pool).
+    convs = {
+        m.group(1)
+        for m in map(_DOWNSAMPLE.match, state_dict)
+        if m and m.group(2) == '0' and m.group(3) == 'weight'
+    }
+    for key, value in state_dict.items():
+        if source == 'torchvision' and key.startswith('fc.'):
+            dropped.append(key)
+            continue
+        new = key
+        if source == 'mmpretrain':
+            new = _mmpretrain_key(key, avg_down, convs)
+        if new != key:
+            renamed[key] = new
+        out[new] = value
+    return out, dropped, renamed
+
+
+def target_shapes(
+    depth: int, variant: str = 'v1c'
+) -> 'OrderedDict[str, torch.Size]':
+    """Key to shape of the state dict of the target MRevNet.
+
+    Args:
+        depth (int): 18, 34, 50, 101 or 152.
+        variant (str): ``'plain'``, ``'v1c'`` or ``'v1d'``.
+            Defaults to ``'v1c'``.
+
+    Returns:
+        OrderedDict: The target's keys (in order) and shapes.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(
+            f'variant must be one of {tuple(VARIANTS)}, got {variant!r}'
+        )
+    # The meta device gives names and shapes without allocating tensors.
+    with torch.device('meta'):
+        model = VARIANTS[variant](depth=depth)
+    return OrderedDict((k, v.shape) for k, v in model.state_dict().items())
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Tensor],
+    depth: int,
+    variant: str = 'v1c',
+    source: str = 'auto',
+    strict: bool = False,
+) -> ConversionResult:
+    """Convert the tensors of a ResNet checkpoint to an MRevNet state dict.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): Tensors of the checkpoint (bare,
+            or of a whole model with ``backbone.``/``module.`` prefixes).
+        depth (int): Depth of the target MRevNet.
+        variant (str): ``'plain'`` (``MRevNet``, 7x7 stem), ``'v1c'``
+            (``MRevNetV1c``) or ``'v1d'`` (``MRevNetV1d``).
+            Defaults to ``'v1c'``.
+        source (str): ``'auto'`` or one of :data:`SOURCES`.
+            Defaults to ``'auto'``.
+        strict (bool): Raise :class:`ConversionError` when keys are missing
+            or unexpected. Defaults to False.
+
+    Returns:
+        ConversionResult: The converted state dict and the key report.
+
+    Raises:
+        ConversionError: When a tensor's shape differs from the target's
+            (always), or keys are missing or unexpected (``strict``).
+    """
+    backbone, dropped, _ = strip_prefixes(state_dict)
+    if source == 'auto':
+        source = detect_source(backbone, dropped)
+    elif source not in SOURCES:
+        raise ValueError(
+            f"source must be 'auto' or one of {SOURCES}, got {source!r}"
+        )
+    shapes = target_shapes(depth, variant)
+    renamed_sd, dropped_fc, renamed = rename_keys(
+        backbone, source, avg_down=VARIANTS[variant] is MRevNetV1d
+    )
+    dropped = dropped + dropped_fc
+
+    mismatched = [
+        f'  {key}: checkpoint {tuple(value.shape)}, '
+        f'target {tuple(shapes[key])}'
+        for key, value in renamed_sd.items()
+        if key in shapes and value.shape != shapes[key]
+    ]
+    if mismatched:
+        raise ConversionError(
+            f'{len(mismatched)} tensor(s) of the {source} checkpoint do not '
+            f'fit {VARIANTS[variant].__name__}(depth={depth}) (is the depth '
+            'or the variant wrong?):\n' + '\n'.join(mismatched)
+        )
+
+    out, missing, filled = OrderedDict(), [], []
+    for key, shape in shapes.items():
+        if key in renamed_sd:
+            out[key] = renamed_sd[key]
+        elif (
+            key.endswith('.num_batches_tracked')
+            and key.rsplit('.', 1)[0] + '.running_mean' in renamed_sd
+        ):
+            # Checkpoints older than PyTorch 0.4.1 have no such buffer.
+            out[key] = torch.zeros((), dtype=torch.long)
+            filled.append(key)
+        else:
+            missing.append(key)
+    unexpected = [k for k in renamed_sd if k not in shapes]
+    result = ConversionResult(
+        state_dict=out,
+        source=source,
+        variant=variant,
+        depth=depth,
+        missing_keys=missing,
+        unexpected_keys=unexpected,
+        dropped_keys=dropped,
+        filled_keys=filled,
+        renamed=renamed,
+    )
+    if strict and not result.complete:
+        raise ConversionError(
+            'the checkpoint does not fill the target exactly '
+            '(strict conversion):\n' + result.summary()
+        )
+    return result
+
+
+def convert_checkpoint(
+    src: Union[str, Mapping],
+    dst: Optional[str] = None,
+    depth: int = 50,
+    variant: str = 'v1c',
+    source: str = 'auto',
+    strict: bool = False,
+) -> ConversionResult:
+    """Convert a checkpoint file and optionally save the MRevNet checkpoint.
+
+    The saved file is ``{'state_dict': ..., 'meta': ...}`` (``meta`` from
+    :meth:`ConversionResult.meta`), loadable with
+    ``init_cfg=dict(type='Pretrained', checkpoint=dst)`` on the backbone or
+    ``load_checkpoint``.
+
+    Args:
+        src (str | Mapping): Source checkpoint (path, URL or loaded dict).
+        dst (str, optional): Where to save; None saves nothing.
+            Defaults to None.
+        depth (int): Depth of the target. Defaults to 50.
+        variant (str): ``'plain'``, ``'v1c'`` or ``'v1d'``.
+            Defaults to ``'v1c'``.
+        source (str): ``'auto'`` or one of :data:`SOURCES`.
+            Defaults to ``'auto'``.
+        strict (bool): Refuse (and save nothing) when keys are missing or
+            unexpected. Defaults to False.
+
+    Returns:
+        ConversionResult: The converted state dict and the key report.
+    """
+    result = convert_state_dict(
+        load_state_dict(src),
+        depth=depth,
+        variant=variant,
+        source=source,
+        strict=strict,
+    )
+    if dst is not None:
+        extra = {}
+        if isinstance(src, str):
+            extra['source_checkpoint'] = src
+        folder = osp.dirname(osp.abspath(dst))
+        os.makedirs(folder, exist_ok=True)
+        torch.save(
+            dict(state_dict=result.state_dict, meta=result.meta(**extra)),
+            dst,
+        )
+    return result
