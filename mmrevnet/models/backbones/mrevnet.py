@@ -453,6 +453,15 @@ class MRevNet(ResNet):
                 outs.append(x)
         return tuple(outs)
 
+    def train(self, mode: bool = True) -> 'MRevNet':
+        """Set train/eval mode, keeping frozen stages and ``norm_eval``.
+
+        Unlike mmseg's ``ResNet.train``, returns ``self`` as ``nn.Module``
+        does, so ``model.eval()(x)`` works.
+        """
+        super().train(mode)
+        return self
+
     def reconstruction_drift(self) -> Dict[str, Optional[float]]:
         """Drift of each stage's reconstructed input in the last backward.
 

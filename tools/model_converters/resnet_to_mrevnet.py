@@ -1,0 +1,108 @@
+"""Convert a ResNet checkpoint (mmseg, mmpretrain, torchvision) for MRevNet.
+
+Examples::
+
+    # torchvision ResNet-50 -> plain MRevNet-50 (7x7 stem)
+    python tools/model_converters/resnet_to_mrevnet.py \\
+        resnet50.pth mrevnet50.pth --depth 50 --variant plain
+    # mmpretrain ResNetV1c-50 classifier -> MRevNetV1c-50
+    python tools/model_converters/resnet_to_mrevnet.py \\
+        resnetv1c50_8xb32_in1k.pth mrevnetv1c50.pth --depth 50 --variant v1c
+
+The source library is detected from the keys unless ``--source`` names it.
+Missing and unexpected keys are printed (``--strict`` refuses them); a
+tensor whose shape does not fit the target is always refused. The output is
+``{'state_dict': ..., 'meta': ...}``; use it with
+``init_cfg=dict(type='Pretrained', checkpoint=DST)`` on the backbone. See
+:mod:`mmrevnet.models.convert`.
+"""
+
+import argparse
+import sys
+
+from mmrevnet.models.convert import (
+    SOURCES,
+    VARIANTS,
+    ConversionError,
+    ConversionResult,
+    convert_checkpoint,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Args:
+        argv (list[str], optional): Arguments; None reads ``sys.argv``.
+            Defaults to None.
+
+    Returns:
+        argparse.Namespace: The parsed arguments.
+    """
+    parser = argparse.ArgumentParser(
+        description='Convert a ResNet checkpoint into an MRevNet checkpoint'
+    )
+    parser.add_argument('src', help='source checkpoint (path or URL)')
+    parser.add_argument('dst', help='where to save the MRevNet checkpoint')
+    parser.add_argument(
+        '--depth',
+        type=int,
+        default=50,
+        choices=(18, 34, 50, 101, 152),
+        help='depth of the target MRevNet',
+    )
+    parser.add_argument(
+        '--variant',
+        choices=tuple(VARIANTS),
+        default='v1c',
+        help='target: plain (MRevNet, 7x7 stem, e.g. torchvision), v1c '
+        '(MRevNetV1c) or v1d (MRevNetV1d)',
+    )
+    parser.add_argument(
+        '--source',
+        choices=('auto',) + SOURCES,
+        default='auto',
+        help='library that wrote the checkpoint (auto: from its keys)',
+    )
+    parser.add_argument(
+        '--strict',
+        action='store_true',
+        help='refuse (write nothing) if keys are missing or unexpected',
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> ConversionResult:
+    """Convert the checkpoint described by the command line.
+
+    Args:
+        argv (list[str], optional): Arguments; None reads ``sys.argv``.
+            Defaults to None.
+
+    Returns:
+        ConversionResult: The conversion report.
+    """
+    args = parse_args(argv)
+    try:
+        result = convert_checkpoint(
+            args.src,
+            args.dst,
+            depth=args.depth,
+            variant=args.variant,
+            source=args.source,
+            strict=args.strict,
+        )
+    except ConversionError as error:
+        sys.exit(f'error: {error}')
+    print(result.summary())
+    if not result.complete:
+        print(
+            'warning: the checkpoint does not fill the target exactly; '
+            'see the keys above'
+        )
+    print(f'saved {args.dst}')
+    return result
+
+
+if __name__ == '__main__':
+    main()
