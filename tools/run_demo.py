@@ -57,7 +57,7 @@ def main():
     }
     out = osp.join(args.work_dir, 'summary.json')
     with open(out, 'w') as f:
-        json.dump(report, f, indent=2)
+        json.dump(report, f, indent=2, default=float)  # np.float32 metrics
     print('\n==== mmrevnet demo ====')
     for name, run in report['runs'].items():
         print(

@@ -10,6 +10,6 @@ model = dict(
         dilations=(1, 1, 2, 4),
         strides=(1, 2, 1, 1),
         contract_dilation=True,
-        norm_cfg={{_base_.norm_cfg}},
+        norm_cfg=dict(type='BN', requires_grad=True),
     )
 )

@@ -37,12 +37,19 @@ def _prepare_launcher(cfg: Config, launcher: str) -> None:
         # NCCL needs GPUs; without them gloo is the only choice.
         cfg.env_cfg.dist_cfg.backend = backend = 'gloo'
     init_cpu_process_group(backend)
-    if cfg.get('model_wrapper_cfg') is None:
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
         cfg.model_wrapper_cfg = dict(
             type='CPUAwareDistributedDataParallel',
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False),
         )
+    elif wrapper.get('type', 'MMDistributedDataParallel') == (
+        'MMDistributedDataParallel'
+    ):
+        # mmengine's default wrapper gets device_ids, which DDP rejects for
+        # a CPU module (e.g. model_wrapper_cfg.static_graph=True alone).
+        wrapper['type'] = 'CPUAwareDistributedDataParallel'
 
 
 def build_train_config(
