@@ -81,6 +81,8 @@ def build_benchmark_model(
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
+    from mmrevnet.engine.config import sync_bn_to_bn
+
     init_default_scope('mmseg')
     base, layout = HEADS[head]
     backbone = _backbone_cfg(variant, depth, layout)
@@ -92,24 +94,13 @@ def build_benchmark_model(
         model_cfg['pretrained'] = None
         model_cfg['backbone'] = backbone
         model_cfg.pop('data_preprocessor', None)
-        _replace_sync_bn(model_cfg)
+        sync_bn_to_bn(model_cfg)
         for key in ('decode_head', 'auxiliary_head'):
             if model_cfg.get(key):
                 model_cfg[key]['num_classes'] = num_classes
         model = MODELS.build(model_cfg)
     model.train()
     return model
-
-
-def _replace_sync_bn(cfg) -> None:
-    if isinstance(cfg, dict):
-        if cfg.get('type') == 'SyncBN':
-            cfg['type'] = 'BN'
-        for value in cfg.values():
-            _replace_sync_bn(value)
-    elif isinstance(cfg, (list, tuple)):
-        for value in cfg:
-            _replace_sync_bn(value)
 
 
 def make_step(

@@ -3,10 +3,13 @@
 import glob
 import os.path as osp
 import time
+import uuid
 from typing import Dict, Optional
 
 from mmengine.config import Config
 
+#: The repository root (configs/ lives there, next to the package).
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = (
     'configs/demo/'
     'pspnet_mrevnet34-d8_1xb8-300iter_synthetic-cityscapes-'
@@ -31,6 +34,8 @@ def _train_and_test(
         'val_dataloader.dataset.data_root': data_root,
         'test_dataloader.dataset.data_root': data_root,
     }
+    if not osp.isabs(config) and not osp.exists(config):
+        config = osp.join(REPO_ROOT, config)
     cfg = build_train_config(config, work_dir=work_dir, cfg_options=options)
     if max_iters is not None:
         cfg.train_cfg.max_iters = max_iters
@@ -38,8 +43,12 @@ def _train_and_test(
         for scheduler in cfg.param_scheduler:
             scheduler.end = min(scheduler.end, max_iters)
             scheduler.begin = min(scheduler.begin, max(max_iters - 1, 0))
-    # Evaluate once, after training, on the val split.
+    # Evaluate once, after training, with the test loop (val split).
     cfg.train_cfg.val_interval = cfg.train_cfg.max_iters + 1
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    # mmengine keeps one visualizer per name and process; a second run
+    # would otherwise log into the first run's directory.
+    cfg.visualizer.name = f'visualizer_{uuid.uuid4().hex}'
     start = time.perf_counter()
     runner = Runner.from_cfg(cfg)
     runner.train()

@@ -28,6 +28,18 @@ def _enable_amp(cfg: Config) -> None:
         cfg.optim_wrapper.type = 'BF16CPUAmpOptimWrapper'
 
 
+def sync_bn_to_bn(cfg) -> None:
+    """Replace every ``SyncBN`` norm config by ``BN``, in place."""
+    if isinstance(cfg, dict):
+        if cfg.get('type') == 'SyncBN':
+            cfg['type'] = 'BN'
+        for value in cfg.values():
+            sync_bn_to_bn(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            sync_bn_to_bn(value)
+
+
 def _prepare_launcher(cfg: Config, launcher: str) -> None:
     cfg.launcher = launcher
     if launcher == 'none' or torch.cuda.is_available():
@@ -37,6 +49,9 @@ def _prepare_launcher(cfg: Config, launcher: str) -> None:
         # NCCL needs GPUs; without them gloo is the only choice.
         cfg.env_cfg.dist_cfg.backend = backend = 'gloo'
     init_cpu_process_group(backend)
+    # SyncBatchNorm only runs on GPUs: on CPUs each process normalises with
+    # its own batch statistics.
+    sync_bn_to_bn(cfg.model)
     wrapper = cfg.get('model_wrapper_cfg')
     if wrapper is None:
         cfg.model_wrapper_cfg = dict(
