@@ -43,6 +43,8 @@ setup(
         # mmseg needs an mmcv package: either the full build or the lite one.
         'lite': ['mmcv-lite>=2.0.0rc4,<2.2.0'],
         'full': ['mmcv>=2.0.0rc4,<2.2.0'],
+        # tools/dataset_converters/export_digits.py reads sklearn's digits.
+        'digits': ['scikit-learn'],
         'tests': read_requirements('tests.txt'),
     },
     classifiers=[

@@ -153,7 +153,7 @@ def test_mmpretrain_resnetv1d_same_output():
     )
     mrevnet.load_state_dict(result.state_dict, strict=True)
     x = torch.randn(2, 3, 64, 64)
-    # Not chained: the train() of both ResNets returns None.
+    # Not chained: mmpretrain's ResNet.train() returns None.
     resnet.eval()
     mrevnet.eval()
     with torch.no_grad():
@@ -200,8 +200,7 @@ def test_torchvision_resnet50_same_output():
         residual_fn='block',
         deep_stem=False,
         out_indices=(3,),
-    )
-    mrevnet.eval()  # not chained: mmseg's ResNet.train() returns None
+    ).eval()
     mrevnet.load_state_dict(result.state_dict, strict=True)
     features = torch.nn.Sequential(*list(net.children())[:-2])
     x = torch.randn(2, 3, 96, 96)

@@ -37,6 +37,13 @@ def parse_args():
     parser.add_argument(
         '--heads', nargs='+', default=list(HEADS), choices=list(HEADS)
     )
+    parser.add_argument(
+        '--variants',
+        nargs='+',
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help='backbone variants (timing needs ResNetV1c)',
+    )
     parser.add_argument('--batch-size', type=int, default=2)
     parser.add_argument('--size', type=int, nargs=2, default=[128, 256])
     parser.add_argument('--device', default='cpu')
@@ -61,7 +68,7 @@ def main():
     rows = run_benchmark(
         depths=args.depths,
         heads=args.heads,
-        variants=list(VARIANTS),
+        variants=args.variants,
         batch_size=args.batch_size,
         size=args.size,
         device=args.device,
