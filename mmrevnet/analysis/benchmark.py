@@ -176,6 +176,7 @@ def run_benchmark(
     repeats: int = 5,
     measure_time: bool = True,
     log: Optional[Callable[[str], None]] = print,
+    num_classes: int = 19,
 ) -> List[Dict]:
     """Measure every (depth, head, variant); returns one row each.
 
@@ -191,6 +192,8 @@ def run_benchmark(
         repeats (int): Timed steps per model. Defaults to 5.
         measure_time (bool): Time the steps. Defaults to True.
         log (Callable, optional): Progress printer. Defaults to print.
+        num_classes (int): Classes of the segmentation heads (19 for
+            Cityscapes, 150 for ADE20K). Defaults to 19.
 
     Returns:
         list[dict]: Rows with ``depth, head, variant, activation_mib``,
@@ -206,8 +209,10 @@ def run_benchmark(
             models, steps, group = {}, {}, []
             for variant in variants:
                 torch.manual_seed(0)
-                model = build_benchmark_model(variant, depth, head).to(device)
-                step = make_step(model, batch_size, size, device)
+                model = build_benchmark_model(
+                    variant, depth, head, num_classes
+                ).to(device)
+                step = make_step(model, batch_size, size, device, num_classes)
                 row = dict(
                     depth=depth,
                     head=head,

@@ -45,6 +45,9 @@ def parse_args():
         help='backbone variants (timing needs ResNetV1c)',
     )
     parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument(
+        '--num-classes', type=int, default=19, help='19 Cityscapes, 150 ADE'
+    )
     parser.add_argument('--size', type=int, nargs=2, default=[128, 256])
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--warmup', type=int, default=1)
@@ -75,6 +78,7 @@ def main():
         warmup=args.warmup,
         repeats=args.repeats,
         measure_time=not args.no_time,
+        num_classes=args.num_classes,
     )
     os.makedirs(args.out_dir, exist_ok=True)
     device_name = (
