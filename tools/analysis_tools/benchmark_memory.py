@@ -15,6 +15,9 @@ import json
 import os
 import os.path as osp
 import platform
+import subprocess
+import sys
+import tempfile
 
 import torch
 
@@ -56,6 +59,13 @@ def parse_args():
         '--no-time', action='store_true', help='memory only (deterministic)'
     )
     parser.add_argument(
+        '--in-process',
+        action='store_true',
+        help='measure every (depth, head) group in this process instead of '
+        'one fresh subprocess per group',
+    )
+    parser.add_argument('--rows-out', help=argparse.SUPPRESS)
+    parser.add_argument(
         '--quick',
         action='store_true',
         help='depth 50, backbone and PSPNet, 64x128, 1 timed step (CI)',
@@ -68,7 +78,45 @@ def main():
     if args.quick:
         args.depths, args.heads = [50], ['backbone', 'pspnet']
         args.size, args.repeats, args.warmup = [64, 128], 1, 0
-    rows = run_benchmark(
+    groups = [(d, h) for d in args.depths for h in args.heads]
+    if len(groups) > 1 and not args.in_process:
+        rows = _run_isolated(args, groups)
+    else:
+        rows = _run(args)
+    if args.rows_out:
+        with open(args.rows_out, 'w') as f:
+            json.dump(rows, f)
+        return
+    _write_outputs(args, rows)
+
+
+def _run_isolated(args, groups):
+    """One subprocess per (depth, head): no allocator state carries over
+    between groups (one process for all groups was killed for memory at
+    24 GB during UPerNet-101 here)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for depth, head in groups:
+            out = osp.join(tmp, f'{depth}_{head}.json')
+            command = [sys.executable, __file__, '--in-process']
+            command += ['--depths', str(depth), '--heads', head]
+            command += ['--variants', *args.variants]
+            command += ['--batch-size', str(args.batch_size)]
+            command += ['--size', *map(str, args.size)]
+            command += ['--device', args.device, '--rows-out', out]
+            command += ['--warmup', str(args.warmup)]
+            command += ['--repeats', str(args.repeats)]
+            command += ['--num-classes', str(args.num_classes)]
+            if args.no_time:
+                command.append('--no-time')
+            subprocess.run(command, check=True)
+            with open(out) as f:
+                rows += json.load(f)
+    return rows
+
+
+def _run(args):
+    return run_benchmark(
         depths=args.depths,
         heads=args.heads,
         variants=args.variants,
@@ -80,6 +128,9 @@ def main():
         measure_time=not args.no_time,
         num_classes=args.num_classes,
     )
+
+
+def _write_outputs(args, rows):
     os.makedirs(args.out_dir, exist_ok=True)
     device_name = (
         torch.cuda.get_device_name()
