@@ -18,15 +18,15 @@ A manifest ``mmrevnet_digits.json`` records the parameters; exporting
 again with the same parameters is a no-op.
 """
 
-import json
 import os
 import os.path as osp
-import shutil
 import time
 from typing import Dict, Optional, Tuple
 
 import cv2
 import numpy as np
+
+from .synthetic import _finish, _prepare
 
 __all__ = [
     'DIGITS_CLASSES',
@@ -104,48 +104,6 @@ def _to_rgb(image: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-def _count_pngs(root: str) -> int:
-    total = 0
-    for split in _SPLITS:
-        for _, _, files in os.walk(osp.join(root, split)):
-            total += sum(f.endswith('.png') for f in files)
-    return total
-
-
-def _existing(root: str, params: dict, num_files: int, force: bool):
-    """The old manifest if the export is up to date; else clean up."""
-    path = osp.join(root, DIGITS_MANIFEST)
-    old = None
-    if osp.isfile(path):
-        try:
-            with open(path, encoding='utf-8') as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = {}
-    if (
-        old is not None
-        and not force
-        and old.get('params') == params
-        and _count_pngs(root) == num_files
-    ):
-        return old
-    occupied = [
-        s
-        for s in _SPLITS
-        if osp.isdir(osp.join(root, s)) and os.listdir(osp.join(root, s))
-    ]
-    if occupied and old is None and not force:
-        raise FileExistsError(
-            f'{root} already holds {occupied} but no {DIGITS_MANIFEST}; '
-            'pass force=True to overwrite it'
-        )
-    if osp.isfile(path):
-        os.remove(path)
-    for split in _SPLITS:
-        shutil.rmtree(osp.join(root, split), ignore_errors=True)
-    return None
-
-
 def export_digits(
     root: str,
     size: int = 32,
@@ -202,7 +160,14 @@ def export_digits(
         num_samples=int(labels.shape[0]),
         custom_data=custom,
     )
-    old = _existing(root, params, int(labels.shape[0]), force)
+    old = _prepare(
+        root,
+        params,
+        _SPLITS,
+        int(labels.shape[0]),
+        force,
+        manifest_name=DIGITS_MANIFEST,
+    )
     if old is not None:
         summary = dict(old['summary'], skipped=True)
         summary['seconds'] = round(time.perf_counter() - start, 3)
@@ -238,10 +203,7 @@ def export_digits(
         mean=[round(float(m), 3) for m in mean],
         std=[round(float(s), 3) for s in std],
     )
-    tmp = osp.join(root, DIGITS_MANIFEST + '.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(dict(params=params, summary=summary), f, indent=1)
-    os.replace(tmp, osp.join(root, DIGITS_MANIFEST))
+    _finish(root, params, summary, manifest_name=DIGITS_MANIFEST)
     summary = dict(summary, skipped=False)
     summary['seconds'] = round(time.perf_counter() - start, 3)
     return summary

@@ -581,13 +581,15 @@ def _prepare(
     subdirs: Sequence[str],
     num_files: int,
     force: bool,
+    manifest_name: str = MANIFEST_NAME,
 ) -> Optional[dict]:
     """Handle the manifest: return it if the dataset is up to date.
 
     Otherwise remove the stale generated sub-directories (only when the
     root holds one of our manifests, or ``force`` is set) and return None.
+    Shared with :mod:`.digits`, which passes its own ``manifest_name``.
     """
-    manifest_path = osp.join(root, MANIFEST_NAME)
+    manifest_path = osp.join(root, manifest_name)
     old = None
     if osp.isfile(manifest_path):
         try:
@@ -609,7 +611,7 @@ def _prepare(
     ]
     if existing and old is None and not force:
         raise FileExistsError(
-            f'{root} already holds {existing} but no {MANIFEST_NAME}; '
+            f'{root} already holds {existing} but no {manifest_name}; '
             'pass force=True to overwrite it'
         )
     if osp.isfile(manifest_path):
@@ -627,12 +629,17 @@ def _count_files(root: str, subdirs: Sequence[str]) -> int:
     return total
 
 
-def _finish(root: str, params: dict, summary: dict) -> dict:
+def _finish(
+    root: str,
+    params: dict,
+    summary: dict,
+    manifest_name: str = MANIFEST_NAME,
+) -> dict:
     manifest = dict(params=params, summary=summary)
-    tmp = osp.join(root, MANIFEST_NAME + '.tmp')
+    tmp = osp.join(root, manifest_name + '.tmp')
     with open(tmp, 'w', encoding='utf-8') as f:
         json.dump(manifest, f, indent=1)
-    os.replace(tmp, osp.join(root, MANIFEST_NAME))
+    os.replace(tmp, osp.join(root, manifest_name))
     return manifest
 
 
