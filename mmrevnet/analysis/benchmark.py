@@ -6,7 +6,11 @@ For every depth, model variant and head it measures, in one process:
    training step (:class:`~mmrevnet.analysis.memory.SavedTensorCounter`,
    parameters excluded); deterministic, on any device;
 2. on CUDA: ``torch.cuda.max_memory_allocated()`` of a whole training
-   step (forward + backward) after ``reset_peak_memory_stats()``;
+   step (forward + backward) after ``reset_peak_memory_stats()``, once
+   as is (``cuda_peak_mib``, which includes the weights of every model
+   of the group held on the device) and once above what was allocated
+   before the step (``cuda_step_peak_mib``: activations, gradients and
+   workspaces of this model's step alone), after one untimed step;
 3. the time of a training step (forward + backward), median of several
    runs after warm-up, as a ratio to plain ResNetV1c of the same depth and
    head. Variants are timed round-robin (one step of each, then again), so
@@ -197,7 +201,8 @@ def run_benchmark(
 
     Returns:
         list[dict]: Rows with ``depth, head, variant, activation_mib``,
-        ``cuda_peak_mib`` (None on CPU), ``step_seconds`` (median),
+        ``cuda_peak_mib`` and ``cuda_step_peak_mib`` (None on CPU),
+        ``step_seconds`` (median),
         ``time_ratio`` (to the baseline of the same depth and head),
         ``step_times``.
     """
@@ -222,13 +227,20 @@ def run_benchmark(
                     device=device,
                     activation_mib=activation_bytes(model, step) / 2**20,
                     cuda_peak_mib=None,
+                    cuda_step_peak_mib=None,
                     step_seconds=None,
                     time_ratio=None,
                     step_times=[],
                 )
                 if device.startswith('cuda'):
+                    # One step first: cuDNN/cuBLAS allocate their
+                    # workspaces (and benchmark algorithms) lazily.
+                    step().backward()
+                    model.zero_grad(set_to_none=True)
+                    resident = torch.cuda.memory_allocated()
                     peak = cuda_peak_memory(lambda: step().backward())
                     row['cuda_peak_mib'] = peak / 2**20
+                    row['cuda_step_peak_mib'] = (peak - resident) / 2**20
                     model.zero_grad(set_to_none=True)
                 models[variant], steps[variant] = model, step
                 group.append(row)
@@ -289,7 +301,7 @@ def markdown_table(rows: List[Dict]) -> str:
     has_time = any(r['time_ratio'] is not None for r in rows)
     header = ['head', 'depth', 'backbone', 'activations (MiB)', 'vs plain']
     if has_cuda:
-        header.append('CUDA peak (MiB)')
+        header.append('CUDA step peak (MiB)')
     if has_time:
         header += ['step (s)', 'time vs plain']
     lines = [
@@ -311,7 +323,7 @@ def markdown_table(rows: List[Dict]) -> str:
             f'{r["activation_mib"] / base:.3f}x' if base else '-',
         ]
         if has_cuda:
-            peak = r['cuda_peak_mib']
+            peak = r.get('cuda_step_peak_mib')
             cells.append('-' if peak is None else f'{peak:.0f}')
         if has_time:
             cells += [

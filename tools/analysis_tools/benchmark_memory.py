@@ -53,6 +53,11 @@ def parse_args():
     )
     parser.add_argument('--size', type=int, nargs=2, default=[128, 256])
     parser.add_argument('--device', default='cpu')
+    parser.add_argument(
+        '--cudnn-benchmark',
+        action='store_true',
+        help='torch.backends.cudnn.benchmark = True, as mmseg configs set',
+    )
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument(
@@ -109,6 +114,8 @@ def _run_isolated(args, groups):
             command += ['--num-classes', str(args.num_classes)]
             if args.no_time:
                 command.append('--no-time')
+            if args.cudnn_benchmark:
+                command.append('--cudnn-benchmark')
             subprocess.run(command, check=True)
             with open(out) as f:
                 rows += json.load(f)
@@ -116,6 +123,7 @@ def _run_isolated(args, groups):
 
 
 def _run(args):
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     return run_benchmark(
         depths=args.depths,
         heads=args.heads,

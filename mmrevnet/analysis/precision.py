@@ -1,0 +1,206 @@
+"""Memory-saving against plain gradients of a real backbone, per precision.
+
+The equality tests run on the CPU with small tensors. This module repeats
+the comparison on whatever device it is given (a GPU in
+``tools/analysis_tools/check_precision.py``), at a realistic input size,
+for fp32 and for 16-bit autocast. For each setting it builds two
+``MRevNetV1c`` models with the same weights, one with
+``memory_saving=False``, runs one training forward and backward on the
+same batch in each, and reports:
+
+* the largest absolute difference of the stage outputs,
+* per-parameter relative gradient errors ``|g - g_ref| / |g_ref|``
+  (median and max over all parameters),
+* the largest absolute difference of the BN running statistics,
+
+and, for scale, the same gradient errors between two plain runs (which
+is not zero when the device's kernels are not deterministic) and, under
+autocast, between the plain autocast run and plain fp32.
+"""
+
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+_DTYPES = {
+    'fp32': None,
+    'fp16': torch.float16,
+    'bf16': torch.bfloat16,
+}
+
+
+def _build_pair(depth: int, base_channels: int, device: str, seed: int):
+    from mmrevnet.models import MRevNetV1c
+
+    torch.manual_seed(seed)
+    kwargs = dict(
+        depth=depth,
+        base_channels=base_channels,
+        stem_channels=base_channels,
+        # Zero-initialised last BN would hide the residual branches'
+        # gradients from the comparison.
+        zero_init_residual=False,
+    )
+    # PyTorch's default initialisation: the comparison needs equal
+    # weights, not mmengine's init (which only adds log noise here).
+    plain = MRevNetV1c(memory_saving=False, **kwargs)
+    saving = MRevNetV1c(memory_saving=True, **kwargs)
+    saving.load_state_dict(plain.state_dict())
+    return plain.to(device), saving.to(device)
+
+
+def _run(model, x, autocast_dtype: Optional[torch.dtype]):
+    model.train()
+    with torch.autocast(
+        x.device.type,
+        dtype=autocast_dtype or torch.float32,
+        enabled=autocast_dtype is not None,
+    ):
+        outs = model(x)
+    loss = sum(o.float().square().mean() for o in outs)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return [o.detach() for o in outs], grads
+
+
+def _grad_errors(grads, reference) -> List[float]:
+    return sorted(
+        (
+            (g.float() - r.float()).norm() / r.float().norm().clamp_min(1e-30)
+        ).item()
+        for g, r in zip(grads, reference)
+    )
+
+
+def _summary(errors: List[float]) -> Dict[str, float]:
+    return dict(median=statistics.median(errors), max=max(errors))
+
+
+def compare_gradients(
+    precision: str = 'fp32',
+    depth: int = 50,
+    base_channels: int = 64,
+    batch_size: int = 2,
+    size: Sequence[int] = (256, 512),
+    device: str = 'cuda',
+    seed: int = 0,
+) -> Dict:
+    """One row: memory-saving against plain MRevNetV1c at one precision.
+
+    Args:
+        precision (str): 'fp32', or 'fp16' / 'bf16' autocast.
+            Defaults to 'fp32'.
+        depth (int): Backbone depth. Defaults to 50.
+        base_channels (int): Width of the first stage. Defaults to 64.
+        batch_size (int): Batch size. Defaults to 2.
+        size (Sequence[int]): Input ``(H, W)``. Defaults to (256, 512).
+        device (str): Device. Defaults to 'cuda'.
+        seed (int): Seed of the weights and the input. Defaults to 0.
+
+    Returns:
+        dict: ``output_max_abs``, ``grad_rel`` (median, max),
+        ``buffer_max_abs``, ``plain_repeat_grad_rel`` (two plain runs),
+        and under autocast ``autocast_vs_fp32_grad_rel``.
+    """
+    if precision not in _DTYPES:
+        raise ValueError(
+            f'precision must be one of {sorted(_DTYPES)}, got {precision!r}'
+        )
+    dtype = _DTYPES[precision]
+    plain, saving = _build_pair(depth, base_channels, device, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch_size, 3, *size, generator=generator).to(device)
+
+    # The plain model runs twice; keep its buffers from the first run for
+    # the BN comparison.
+    outs_ref, grads_ref = _run(plain, x, dtype)
+    buffers_after_one = {
+        k: v.clone() for k, v in plain.state_dict().items() if 'running' in k
+    }
+    outs, grads = _run(saving, x, dtype)
+    _, grads_repeat = _run(plain, x, dtype)
+
+    buffer_diff = max(
+        (saving.state_dict()[k].float() - v.float()).abs().max().item()
+        for k, v in buffers_after_one.items()
+    )
+    row = dict(
+        precision=precision,
+        depth=depth,
+        base_channels=base_channels,
+        batch_size=batch_size,
+        size=list(size),
+        device=str(device),
+        output_max_abs=max(
+            (o - r).abs().max().item() for o, r in zip(outs, outs_ref)
+        ),
+        grad_rel=_summary(_grad_errors(grads, grads_ref)),
+        buffer_max_abs=buffer_diff,
+        plain_repeat_grad_rel=_summary(_grad_errors(grads_repeat, grads_ref)),
+    )
+    if dtype is not None:
+        _, grads_fp32 = _run(plain, x, None)
+        row['autocast_vs_fp32_grad_rel'] = _summary(
+            _grad_errors(grads_ref, grads_fp32)
+        )
+    return row
+
+
+def loss_scale_overflow(
+    depth: int = 50,
+    base_channels: int = 64,
+    size: Sequence[int] = (256, 512),
+    device: str = 'cuda',
+    scale: float = 2.0**100,
+) -> Dict:
+    """Backward of an overflowing fp16 loss scale through the memory-saving
+    path: the infinite gradients must reach the parameters (so that a loss
+    scaler sees them and skips the step) without an error; only
+    non-finite activations are errors.
+
+    Returns:
+        dict: ``error`` (None, or the exception's text) and
+        ``nonfinite_grads`` (number of parameters with a non-finite grad).
+    """
+    _, saving = _build_pair(depth, base_channels, device, 0)
+    saving.train()
+    x = torch.randn(2, 3, *size, device=device)
+    error, nonfinite = None, None
+    try:
+        with torch.autocast(x.device.type, dtype=torch.float16):
+            outs = saving(x)
+        loss = sum(o.float().square().mean() for o in outs) * scale
+        loss.backward()
+        nonfinite = sum(
+            int(not torch.isfinite(p.grad).all())
+            for p in saving.parameters()
+            if p.grad is not None
+        )
+    except Exception as exc:  # reported, not hidden: it is the finding
+        error = f'{type(exc).__name__}: {exc}'
+    return dict(scale=scale, error=error, nonfinite_grads=nonfinite)
+
+
+def markdown_table(rows: Sequence[Dict]) -> str:
+    """The rows as a markdown table."""
+    header = (
+        '| precision | cudnn.benchmark | output max abs diff | '
+        'grad rel. err. median / max | plain vs plain again | '
+        'autocast vs fp32 (plain) | BN buffers max abs diff |'
+    )
+    lines = [header, '|' + '---|' * 7]
+
+    def pair(summary):
+        if summary is None:
+            return '-'
+        return f'{summary["median"]:.1e} / {summary["max"]:.1e}'
+
+    for r in rows:
+        lines.append(
+            f'| {r["precision"]} | {r.get("cudnn_benchmark", "-")} | '
+            f'{r["output_max_abs"]:.1e} | {pair(r["grad_rel"])} | '
+            f'{pair(r["plain_repeat_grad_rel"])} | '
+            f'{pair(r.get("autocast_vs_fp32_grad_rel"))} | '
+            f'{r["buffer_max_abs"]:.1e} |'
+        )
+    return '\n'.join(lines) + '\n'
