@@ -27,7 +27,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .coupling import forward_step, inverse_position, inverse_velocity
+from .coupling import (
+    forward_step,
+    gamma_as_computed,
+    inverse_position,
+    inverse_velocity,
+)
 from .state import AutocastState, RNGState, frozen_norm_buffers
 
 
@@ -137,7 +142,12 @@ class MomentumStageFunction(torch.autograd.Function):
         params = ctx.params
         param_grads: List[Optional[Tensor]] = [None] * ctx.num_params
         grad_x = grad_output
-        grad_v = None
+        owns_grad_x = False
+        # cotangent of F_t(x_t): (1 - gamma) * (dL/dx_{t+1} + dL/dv_{t+1}),
+        # carried from step to step as
+        #   cotangent_t = (1 - gamma) * grad_x + gamma * cotangent_{t+1},
+        # one lerp; dL/dv_t = gamma / (1 - gamma) * cotangent_t.
+        cotangent = None
         for step in range(len(ctx.functions) - 1, -1, -1):
             function = ctx.functions[step]
             if step in anchors:
@@ -154,16 +164,25 @@ class MomentumStageFunction(torch.autograd.Function):
             with torch.enable_grad(), ctx.autocast.enter(), replay, frozen:
                 x_in = x.detach().requires_grad_(True)
                 fx = function(x_in)
-            total = grad_x if grad_v is None else grad_x + grad_v
+            if cotangent is None:
+                g = gamma_as_computed(gamma, grad_x.dtype)
+                cotangent = (1.0 - g) * grad_x
+            else:
+                cotangent = torch.lerp(grad_x, cotangent, gamma)
             indices = ctx.layout[step]
             grads = torch.autograd.grad(
                 fx,
                 [x_in] + [params[i] for i in indices],
-                grad_outputs=((1.0 - gamma) * total).to(fx.dtype),
+                grad_outputs=cotangent.to(fx.dtype),
                 allow_unused=True,
             )
             if grads[0] is not None:
-                grad_x = grad_x + grads[0].to(grad_x.dtype)
+                if owns_grad_x:
+                    grad_x.add_(grads[0].to(grad_x.dtype))
+                else:
+                    # autograd's grad_output is not ours to modify.
+                    grad_x = grad_x + grads[0].to(grad_x.dtype)
+                    owns_grad_x = True
             for index, grad in zip(indices, grads[1:]):
                 if grad is None:
                     continue
@@ -171,7 +190,6 @@ class MomentumStageFunction(torch.autograd.Function):
                 param_grads[index] = (
                     grad if current is None else (current + grad)
                 )
-            grad_v = gamma * total
             if step in anchors:
                 v = v_stored
             else:
@@ -183,7 +201,10 @@ class MomentumStageFunction(torch.autograd.Function):
             stage.report.velocity_drift = _relative_max_error(
                 v, v_true, floor=1.0
             )
-        grad_v0 = grad_v if ctx.has_v0 and ctx.needs_input_grad[4] else None
+        grad_v0 = None
+        if ctx.has_v0 and ctx.needs_input_grad[4] and cotangent is not None:
+            g = gamma_as_computed(gamma, cotangent.dtype)
+            grad_v0 = cotangent * (g / (1.0 - g))
         grad_x0 = grad_x if ctx.needs_input_grad[3] else None
         return (None, None, None, grad_x0, grad_v0, *param_grads)
 

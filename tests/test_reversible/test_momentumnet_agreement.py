@@ -75,8 +75,9 @@ def test_agrees_with_use_backprop_true(rh, kind, gamma):
     theirs = MomentumNet(copy.deepcopy(functions), gamma, use_backprop=True)
     assert 'MomentumStageFunction' in type(ours(x).grad_fn).__name__
     ours_run, theirs_run = rh.run(ours, x), rh.run(theirs, x)
-    # Same arithmetic in the same order: the forward is bitwise equal.
-    assert torch.equal(ours_run[0], theirs_run[0])
+    # The same update; ours fuses it into one lerp, which rounds
+    # differently from momentumnet's three operations (ulp level in fp64).
+    assert rh.max_rel(ours_run[0], theirs_run[0]) <= 1e-13
     # Parameter order is the functions' order in both modules.
     ours_grads = list(ours_run[3].values())
     theirs_grads = list(theirs_run[3].values())
@@ -92,10 +93,11 @@ def test_bn_buffers_agree_with_use_backprop_true(rh):
     theirs = MomentumNet(copy.deepcopy(functions), 0.9, use_backprop=True)
     rh.run(ours, x)
     rh.run(theirs, x)
+    # Equal up to the ulp-level difference of the fused update (fp64).
     for a, b in zip(
         rh.norm_buffers(ours).values(), rh.norm_buffers(theirs).values()
     ):
-        assert torch.equal(a, b)
+        assert rh.max_rel(a, b) <= 1e-13
 
 
 @pytest.mark.parametrize('float64_readout,tol', [(False, 1e-6), (True, 1e-7)])

@@ -38,6 +38,11 @@ def parse_args():
         default=['fp32', 'fp16', 'bf16'],
         choices=['fp32', 'fp16', 'bf16'],
     )
+    parser.add_argument(
+        '--float64-reference',
+        action='store_true',
+        help='fp32 rows: also compare both paths with plain float64',
+    )
     parser.add_argument('--out-dir', default='work_dirs/precision')
     return parser.parse_args()
 
@@ -63,7 +68,11 @@ def main():
             # Plain fp32 matmuls/convs, so fp32 means fp32 (TF32 off).
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        row = compare_gradients(precision, **common)
+        row = compare_gradients(
+            precision,
+            float64_reference=args.float64_reference and precision == 'fp32',
+            **common,
+        )
         row['cudnn_benchmark'] = benchmark if cuda else '-'
         rows.append(row)
         print(json.dumps(row), flush=True)
