@@ -146,21 +146,21 @@ class SavedTensorCounter:
     def _pack(self, tensor: Tensor) -> Tensor:
         self.num_saved += 1
         found = _storage_key(tensor)
-        if found is None:
-            return tensor
-        key, nbytes, storage = found
-        if key in self._exclude:
-            self._excluded_seen[key] = nbytes
-            return tensor
-        record = self._seen.get(key)
-        if record is None:
-            record = SavedStorage(tensor, nbytes)
-            self._seen[key] = record
-            self.storages.append(record)
-            self._alive.append(storage)
-        else:
-            record.count += 1
-        return tensor
+        if found is not None:
+            key, nbytes, storage = found
+            if key in self._exclude:
+                self._excluded_seen[key] = nbytes
+            elif key in self._seen:
+                self._seen[key].count += 1
+            else:
+                record = SavedStorage(tensor, nbytes)
+                self._seen[key] = record
+                self.storages.append(record)
+                self._alive.append(storage)
+        # Never the tensor itself: a saved *output* would then hold its own
+        # grad_fn, a cycle through C++ that Python's gc cannot collect, and
+        # the whole graph of every measured step would stay allocated.
+        return tensor.detach()
 
     @staticmethod
     def _unpack(tensor: Tensor) -> Tensor:

@@ -1,6 +1,8 @@
 """SavedTensorCounter: bytes of distinct storages saved for backward."""
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -118,6 +120,24 @@ def test_backward_unchanged_under_counter():
     assert torch.equal(x.grad, x_ref.grad)
     for p, q in zip(chain.parameters(), ref.parameters()):
         assert torch.equal(p.grad, q.grad)
+
+
+def test_measured_graph_is_freed():
+    """A saved output must not keep its own graph alive.
+
+    ReLU saves its output. Before the fix, the pack hook returned that
+    tensor itself, so the graph held a reference to its own output: a
+    cycle gc cannot break, and each measurement of the benchmark leaked
+    a whole step's activations (7 GiB per model at 512x1024 on a GPU).
+    """
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    with SavedTensorCounter(exclude=model.parameters()) as counter:
+        out = model(_x((4, 8)))
+    assert counter.bytes == 256
+    alive = weakref.ref(out)
+    del out
+    gc.collect()
+    assert alive() is None
 
 
 def test_no_grad_saves_nothing():

@@ -97,8 +97,10 @@ def main():
 
 def _run_isolated(args, groups):
     """One subprocess per (depth, head): no allocator state carries over
-    between groups (one process for all groups was killed for memory at
-    24 GB during UPerNet-101 here)."""
+    between groups. (One process for all groups was once killed for
+    memory at 24 GB here; the cause was the saved-tensor counter keeping
+    every measured graph alive, fixed since, but separate processes still
+    keep the groups' timings independent.)"""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for depth, head in groups:
