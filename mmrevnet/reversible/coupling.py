@@ -63,13 +63,17 @@ def inverse_position(x_next: Tensor, v_next: Tensor) -> Tensor:
 def gamma_as_computed(gamma: float, dtype: torch.dtype) -> float:
     """``gamma`` rounded as :func:`forward_step`'s kernel rounds it.
 
-    ``torch.lerp`` computes in the tensor's precision, so in fp32 the
+    ``torch.lerp`` computes in the tensor's precision (fp32 for 16-bit
+    tensors), so in fp32 the
     forward update is ``v' = g * v + (1 - g) * fx`` with ``g`` the fp32
     value nearest to ``gamma``. The inverse must divide by that ``g``, not
     by ``gamma``: a mismatch of one fp32 rounding (about 4e-8) would be a
     systematic error of every inverse step, amplified like rounding error.
     ``1 - g`` is exact in the same precision for ``g`` in [0.5, 1).
     """
+    # 16-bit lerp computes in fp32 with an fp32 weight (opmath).
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
     return float(torch.tensor(gamma, dtype=dtype))
 
 

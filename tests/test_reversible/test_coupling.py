@@ -8,6 +8,7 @@ import torch
 from mmrevnet.reversible import (
     amplification,
     forward_step,
+    gamma_as_computed,
     inverse_position,
     inverse_velocity,
     state_anchor_interval,
@@ -36,6 +37,15 @@ def test_inverse_undoes_one_step(gamma):
     # Ulp-level only: fl(fl(a + b) - b) != a in general.
     assert (x_rec - x).abs().max() <= 4e-16 * (x.abs().max() + 1)
     assert (v_rec - v).abs().max() <= 4e-16 / gamma * (v.abs().max() + 1)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_gamma_as_computed_is_fp32_for_16_bit(dtype):
+    """16-bit lerp runs in fp32 (opmath): gamma rounded to 16 bits would
+    make the backward of a pure 16-bit stage off by percents."""
+    expected = float(torch.tensor(0.99, dtype=torch.float32))
+    assert gamma_as_computed(0.99, dtype) == expected
+    assert gamma_as_computed(0.99, torch.float64) == 0.99
 
 
 def test_low_precision_f_is_coupled_in_fp32():
