@@ -1,27 +1,20 @@
-"""Shims for two known breakages of the tested dependency set.
+"""The mmcv-lite shim: the one change ``import mmrevnet`` makes.
 
-Both are applied by ``import mmrevnet`` and each is a no-op where the
-breakage does not exist.
+**mmcv-lite and mmseg 1.2.x.** mmseg imports ``point_sample`` and
+``sigmoid_focal_loss`` from ``mmcv.ops`` without a guard, and
+``mmcv/ops/__init__.py`` loads the compiled extension ``mmcv._ext``,
+which mmcv-lite does not ship, so ``import mmseg.models`` fails. When
+(and only when) ``mmcv`` is installed without ``mmcv._ext``, we register
+a lightweight ``mmcv.ops`` package: its pure-PyTorch submodules (such as
+``mmcv.ops.point_sample``) import normally from mmcv's own files,
+``sigmoid_focal_loss`` is a function that raises a clear error when
+called, and every other compiled op raises ``ModuleNotFoundError`` on
+import, which is what mmseg's guarded imports expect. With full mmcv
+installed nothing is touched.
 
-1. **mmcv-lite and mmseg 1.2.x.** mmseg imports ``point_sample`` and
-   ``sigmoid_focal_loss`` from ``mmcv.ops`` without a guard, and
-   ``mmcv/ops/__init__.py`` loads the compiled extension ``mmcv._ext``,
-   which mmcv-lite does not ship, so ``import mmseg.models`` fails. When
-   (and only when) ``mmcv`` is installed without ``mmcv._ext``, we register
-   a lightweight ``mmcv.ops`` package: its pure-PyTorch submodules (such as
-   ``mmcv.ops.point_sample``) import normally from mmcv's own files,
-   ``sigmoid_focal_loss`` is a function that raises a clear error when
-   called, and every other compiled op raises ``ModuleNotFoundError`` on
-   import, which is what mmseg's guarded imports expect. With full mmcv
-   installed nothing is touched.
-
-2. **torch >= 2.6 and mmengine checkpoints.** ``torch.load`` defaults to
-   ``weights_only=True``; mmengine 0.10.x calls it without that argument,
-   and its checkpoints pickle a ``HistoryBuffer`` and numpy objects. Instead
-   of switching the safety off globally (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``)
-   we allow exactly those globals with
-   ``torch.serialization.add_safe_globals``. On torch versions without that
-   function nothing is done.
+Checkpoint loading under torch >= 2.6 is not patched here: see
+:mod:`mmrevnet.engine.checkpoint`, which allows mmengine's checkpoint
+objects only while a checkpoint is loaded.
 """
 
 import importlib
@@ -29,7 +22,6 @@ import importlib.util
 import os
 import sys
 import types
-from typing import List
 
 # Pure-PyTorch modules of mmcv.ops that mmseg imports unguarded.
 _PURE_TORCH_OPS = {'point_sample': 'point_sample'}
@@ -98,62 +90,6 @@ def patch_mmcv_lite_ops() -> bool:
     return True
 
 
-def _mmengine_checkpoint_globals() -> List[type]:
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-
-    try:
-        multiarray = np._core.multiarray  # numpy >= 2
-    except AttributeError:
-        multiarray = np.core.multiarray
-    dtype_classes = {
-        type(np.dtype(t))
-        for t in (
-            np.float16,
-            np.float32,
-            np.float64,
-            np.int8,
-            np.int16,
-            np.int32,
-            np.int64,
-            np.uint8,
-            np.bool_,
-            np.uint16,
-            np.uint32,
-            np.uint64,
-        )
-    }
-    return [
-        HistoryBuffer,
-        np.dtype,
-        np.ndarray,
-        multiarray.scalar,
-        multiarray._reconstruct,
-        getattr,
-        *sorted(dtype_classes, key=str),
-    ]
-
-
-def allow_mmengine_checkpoint_globals() -> bool:
-    """Allow the globals of mmengine checkpoints in ``torch.load``.
-
-    Returns:
-        bool: Whether globals were registered.
-    """
-    import torch
-
-    add_safe_globals = getattr(torch.serialization, 'add_safe_globals', None)
-    if add_safe_globals is None:
-        return False
-    try:
-        safe = _mmengine_checkpoint_globals()
-    except ImportError:  # mmengine not installed: nothing to allow
-        return False
-    add_safe_globals(safe)
-    return True
-
-
 def apply_all() -> None:
     """Apply every shim; each is a no-op where not needed."""
     patch_mmcv_lite_ops()
-    allow_mmengine_checkpoint_globals()

@@ -1,7 +1,7 @@
 """Shared test setup.
 
-``import mmrevnet`` first: it applies the compatibility shims (mmcv-lite
-ops, mmengine checkpoint globals) before any test module imports mmseg.
+``import mmrevnet`` first: it applies the mmcv-lite ``mmcv.ops`` shim
+before any test module imports mmseg.
 """
 
 import mmrevnet  # noqa: F401

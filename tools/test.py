@@ -8,7 +8,7 @@ import argparse
 import os
 
 from mmengine.config import DictAction
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
 from mmrevnet.engine import build_test_config
@@ -55,7 +55,7 @@ def main():
         cfg_options=args.cfg_options,
         launcher=args.launcher,
     )
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     runner.test()
 
 

@@ -25,7 +25,7 @@ DEMO_DATA = dict(num_train=200, num_val=50, size=(128, 256), seed=0)
 def _train_and_test(
     config: str, work_dir: str, data_root: str, max_iters: Optional[int]
 ) -> Dict:
-    from mmengine.runner import Runner
+    from mmengine.registry import RUNNERS
 
     from mmrevnet.engine import build_train_config
 
@@ -50,7 +50,7 @@ def _train_and_test(
     # would otherwise log into the first run's directory.
     cfg.visualizer.name = f'visualizer_{uuid.uuid4().hex}'
     start = time.perf_counter()
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     runner.train()
     train_seconds = time.perf_counter() - start
     metrics = runner.test()

@@ -37,7 +37,10 @@ def save_overlays(
     """
     from mmseg.apis import inference_model, init_model, show_result_pyplot
 
-    model = init_model(config, checkpoint, device=device)
+    from mmrevnet.engine import runner_checkpoint_globals
+
+    with runner_checkpoint_globals(checkpoint):
+        model = init_model(config, checkpoint, device=device)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for image in images:

@@ -1,4 +1,9 @@
 from .amp import BF16CPUAmpOptimWrapper
+from .checkpoint import (
+    UntrustedCheckpointError,
+    load_runner_checkpoint,
+    runner_checkpoint_globals,
+)
 from .config import build_test_config, build_train_config
 from .distributed import (
     CPUAwareDistributedDataParallel,
@@ -9,8 +14,13 @@ from .hooks import (
     ReconstructionDriftHook,
     momentum_stages,
 )
+from .runner import MRevNetRunner
 
 __all__ = [
+    'MRevNetRunner',
+    'UntrustedCheckpointError',
+    'load_runner_checkpoint',
+    'runner_checkpoint_globals',
     'ReconstructionDriftHook',
     'CheckInvalidLossHook',
     'momentum_stages',

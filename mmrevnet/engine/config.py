@@ -40,6 +40,12 @@ def sync_bn_to_bn(cfg) -> None:
             sync_bn_to_bn(value)
 
 
+def _use_safe_loading_runner(cfg: Config) -> None:
+    # A config that names its own runner keeps it.
+    if cfg.get('runner_type') is None:
+        cfg.runner_type = 'MRevNetRunner'
+
+
 def _prepare_launcher(cfg: Config, launcher: str) -> None:
     cfg.launcher = launcher
     if launcher == 'none' or torch.cuda.is_available():
@@ -90,7 +96,8 @@ def build_train_config(
             Defaults to 'none'.
 
     Returns:
-        Config: Ready for ``Runner.from_cfg``.
+        Config: Ready for ``RUNNERS.build`` (``runner_type`` defaults to
+        ``'MRevNetRunner'``).
     """
     cfg = Config.fromfile(config)
     if cfg_options:
@@ -107,6 +114,7 @@ def build_train_config(
     elif resume:
         cfg.resume = True
         cfg.load_from = resume
+    _use_safe_loading_runner(cfg)
     _prepare_launcher(cfg, launcher)
     return cfg
 
@@ -133,7 +141,7 @@ def build_test_config(
         launcher (str): 'none', 'pytorch', 'slurm' or 'mpi'.
 
     Returns:
-        Config: Ready for ``Runner.from_cfg(cfg).test()``.
+        Config: Ready for ``RUNNERS.build(cfg).test()``.
     """
     cfg = Config.fromfile(config)
     if cfg_options:
@@ -155,5 +163,6 @@ def build_test_config(
     if out is not None:
         cfg.test_evaluator['output_dir'] = out
         cfg.test_evaluator['keep_results'] = True
+    _use_safe_loading_runner(cfg)
     _prepare_launcher(cfg, launcher)
     return cfg

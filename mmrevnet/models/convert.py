@@ -174,11 +174,9 @@ def load_state_dict(
         OrderedDict: Key to tensor; non-tensor entries are left out.
     """
     if isinstance(checkpoint, str):
-        from mmengine.runner import CheckpointLoader
+        from mmrevnet.engine.checkpoint import load_runner_checkpoint
 
-        checkpoint = CheckpointLoader.load_checkpoint(
-            checkpoint, map_location='cpu'
-        )
+        checkpoint = load_runner_checkpoint(checkpoint, map_location='cpu')
     if not isinstance(checkpoint, Mapping):
         raise ConversionError(
             f'a checkpoint must be a dict, got {type(checkpoint).__name__}'

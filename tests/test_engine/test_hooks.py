@@ -3,7 +3,7 @@
 import logging
 
 import pytest
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 from mmrevnet.datasets.synthetic import generate_cityscapes
 from mmrevnet.engine import (
@@ -45,7 +45,7 @@ def _runner(data_root, work_dir, backbone=None, **options):
     cfg = build_train_config(
         DEMO, work_dir=str(work_dir), cfg_options=cfg_options
     )
-    return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)
 
 
 @pytest.mark.slow

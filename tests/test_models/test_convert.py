@@ -177,7 +177,7 @@ def test_torchvision_resnet(tmp_path, depth):
     model = _load_strict('plain', depth, dst)
     del source['fc.weight'], source['fc.bias']
     _assert_tensors_equal(model, source)
-    meta = torch.load(dst, map_location='cpu')['meta']
+    meta = torch.load(dst, map_location='cpu', weights_only=True)['meta']
     assert meta['source'] == 'torchvision'
     assert meta['target'] == dict(type='MRevNet', depth=depth, style='pytorch')
     assert meta['source_checkpoint'] == src

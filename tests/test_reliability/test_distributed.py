@@ -31,9 +31,9 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
-from mmrevnet.engine import build_train_config
+from mmrevnet.engine import build_train_config, load_runner_checkpoint
 from mmrevnet.reversible.function import MomentumStageFunction
 
 from .helpers import (
@@ -161,7 +161,7 @@ def reference(tmp_path_factory, reliability_data, configs):
 
         MomentumStageFunction.apply = counted
         try:
-            runner = Runner.from_cfg(cfg)
+            runner = RUNNERS.build(cfg)
             initial = InitialWeights()
             runner.register_hook(initial)
             runner.train()
@@ -215,9 +215,7 @@ def dist_train(config: str, work_dir: str, options: dict):
 
 
 def load_state(path: str) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=False)[
-        'state_dict'
-    ]
+    return load_runner_checkpoint(path)['state_dict']
 
 
 def compare(reference: dict, other: dict) -> float:

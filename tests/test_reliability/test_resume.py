@@ -15,9 +15,9 @@ import os.path as osp
 import pytest
 import torch
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
-from mmrevnet.engine import build_train_config
+from mmrevnet.engine import build_train_config, load_runner_checkpoint
 
 from .helpers import DEMO_CONFIG, tiny_options
 
@@ -93,7 +93,7 @@ def train(data_root, work_dir, name, resume=False, interrupt_at=None):
     assert cfg.train_dataloader.sampler.type == 'InfiniteSampler'
     assert cfg.train_dataloader.sampler.shuffle
     assert cfg.train_dataloader.dataset.pipeline[2].type == 'RandomFlip'
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     batches = Batches()
     runner.register_hook(batches)
     if interrupt_at is None:
@@ -106,7 +106,7 @@ def train(data_root, work_dir, name, resume=False, interrupt_at=None):
 
 
 def load(path):
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return load_runner_checkpoint(path)
 
 
 def assert_equal_tree(a, b, where='checkpoint'):

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import torch
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
 from mmrevnet.engine import build_train_config
 
@@ -72,7 +72,7 @@ def test_soak_memory_is_flat(tmp_path, reliability_data):
     )
     backbone = cfg.model.backbone
     assert backbone.type == 'MRevNetV1c' and backbone.memory_saving
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     probe = MemoryProbe(at=(EARLY, ITERS))
     runner.register_hook(probe)
     runner.train()

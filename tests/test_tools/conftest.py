@@ -44,7 +44,7 @@ def trained_run(tmp_path_factory, data_roots):
     the work dir), ``val_metrics`` (one dict per validation), ``iter`` and
     the class names of the built ``backbone`` and ``decode_head``.
     """
-    from mmengine.runner import Runner
+    from mmengine.registry import RUNNERS
 
     from mmrevnet.engine import build_train_config
 
@@ -64,7 +64,7 @@ def trained_run(tmp_path_factory, data_roots):
         )
         check_pipelines(cfg)
         assert no_syncbn(cfg.model), cfg.model
-        runner = Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
         catcher = MetricsCatcher()
         runner.register_hook(catcher)
         runner.train()

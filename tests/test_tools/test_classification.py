@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.registry import DefaultScope
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS, DefaultScope
 
 import mmrevnet  # noqa: F401  (compat shims before mmseg/mmpretrain)
 from mmrevnet.datasets.digits import (
@@ -23,7 +22,7 @@ from mmrevnet.datasets.digits import (
     split_digits,
 )
 from mmrevnet.datasets.synthetic import generate_imagefolder
-from mmrevnet.engine import build_train_config
+from mmrevnet.engine import build_train_config, load_runner_checkpoint
 from mmrevnet.models import MRevNet, MRevNetV1c
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -161,7 +160,7 @@ def test_classifier_checkpoint_initialises_segmentor(tmp_path):
         work_dir=str(tmp_path / 'work_dir'),
     )
     cfg = _tiny_imagefolder_cfg(cfg, root, str(tmp_path / 'work_dir'))
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     initial = {
         k: v.clone() for k, v in runner.model.backbone.state_dict().items()
     }
@@ -171,7 +170,7 @@ def test_classifier_checkpoint_initialises_segmentor(tmp_path):
     assert 'val/accuracy/top1' in runner.message_hub.log_scalars
     checkpoint = osp.join(str(tmp_path / 'work_dir'), 'epoch_1.pth')
     assert osp.isfile(checkpoint)
-    saved = torch.load(checkpoint, map_location='cpu')['state_dict']
+    saved = load_runner_checkpoint(checkpoint)['state_dict']
     trained = {
         k[len('backbone.') :]: v
         for k, v in saved.items()

@@ -19,10 +19,10 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 from torch import nn
 
-from mmrevnet.engine import build_train_config
+from mmrevnet.engine import build_train_config, load_runner_checkpoint
 from mmrevnet.models.backbones.mrevnet import MRevNetV1c
 
 from .helpers import (
@@ -91,9 +91,7 @@ def test_train_validate_checkpoint_resume(head, layout, trained_run, tmp_path):
 
     # (b) the checkpoint, with the dataset meta of the layout.
     assert osp.isfile(run['checkpoint'])
-    checkpoint = torch.load(
-        run['checkpoint'], map_location='cpu', weights_only=False
-    )
+    checkpoint = load_runner_checkpoint(run['checkpoint'])
     assert checkpoint['meta']['iter'] == MAX_ITERS
     classes = checkpoint['meta']['dataset_meta']['classes']
     assert len(classes) == (19 if layout == 'cityscapes' else 150)
@@ -112,7 +110,7 @@ def test_train_validate_checkpoint_resume(head, layout, trained_run, tmp_path):
         cfg_options=options,
     )
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     recorder = _Recorder()
     runner.register_hook(recorder)
     runner.train()
@@ -226,7 +224,7 @@ def test_swap_backbone_in_mmseg_config(data_roots, tmp_path):
     assert backbone.type == 'MRevNetV1c'
     assert backbone.depth == 50 and backbone.norm_cfg.type == 'SyncBN'
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     recorder = _Recorder()
     runner.register_hook(recorder)
     runner.train()

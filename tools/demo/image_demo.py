@@ -73,12 +73,15 @@ def main(argv=None) -> str:
     from mmengine.model import revert_sync_batchnorm
     from mmseg.apis import inference_model, init_model, show_result_pyplot
 
-    model = init_model(
-        args.config,
-        args.checkpoint,
-        device=args.device,
-        cfg_options=args.cfg_options,
-    )
+    from mmrevnet.engine import runner_checkpoint_globals
+
+    with runner_checkpoint_globals(args.checkpoint):
+        model = init_model(
+            args.config,
+            args.checkpoint,
+            device=args.device,
+            cfg_options=args.cfg_options,
+        )
     if args.device == 'cpu':
         # Plain BN on the CPU, as mmseg's demos do (SyncBN is a CUDA layer).
         model = revert_sync_batchnorm(model)

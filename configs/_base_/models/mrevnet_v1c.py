@@ -3,6 +3,10 @@
 # ``model = dict(backbone=_base_.mrevnet_v1c)``; depth, strides, dilations,
 # norm_cfg and out_indices come from the mmseg config.
 custom_imports = dict(imports=['mmrevnet'], allow_failed_imports=False)
+# mmengine's Runner, reading checkpoints (resume, load_from, Pretrained) with
+# torch.load(weights_only=True) and the objects mmengine writes allowed only
+# while it reads them (mmrevnet/engine/checkpoint.py).
+runner_type = 'MRevNetRunner'
 mrevnet_v1c = dict(
     type='MRevNetV1c',
     gamma=0.9,
