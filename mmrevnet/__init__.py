@@ -1,10 +1,30 @@
-"""mmrevnet: m-RevNet reversible momentum backbones for OpenMMLab."""
+"""mmrevnet: m-RevNet reversible momentum backbones for OpenMMLab.
 
-from . import compat
+``import mmrevnet`` (what a config's ``custom_imports`` does) registers the
+backbones, hooks, runner and wrappers in MMEngine's registries and applies
+the documented mmcv-lite shim (:mod:`.compat`, a no-op with full mmcv);
+it changes nothing else in the process. Without MMEngine installed only
+the torch-only core, :mod:`mmrevnet.reversible`, is available.
+"""
+
 from .version import __version__, version_info
 
-compat.apply_all()
 
-from . import engine, models  # noqa: E402,F401  (registration)
+def _mmengine_installed() -> bool:
+    try:
+        import mmengine  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name != 'mmengine':
+            raise
+        return False
+    return True
 
-__all__ = ['__version__', 'version_info', 'compat']
+
+if _mmengine_installed():
+    from . import compat
+
+    compat.apply_all()
+
+    from . import engine, models  # noqa: E402,F401  (registration)
+
+__all__ = ['__version__', 'version_info']

@@ -251,10 +251,12 @@ def test_config_is_mmseg_config_with_backbone_swapped(path):
     assert backbone == their_backbone
     assert ours['model'] == theirs['model']
     extra = set(ours) - set(theirs)
-    assert extra <= {'custom_imports', 'mrevnet_v1c'}, extra
+    assert extra <= {'custom_imports', 'mrevnet_v1c', 'runner_type'}, extra
     for key in theirs:
         assert ours[key] == theirs[key], key
     assert ours['custom_imports']['imports'] == ['mmrevnet']
+    # mmengine's Runner with scoped safe checkpoint loading.
+    assert ours['runner_type'] == 'MRevNetRunner'
 
 
 @pytest.mark.parametrize('family', SEG_FAMILIES)

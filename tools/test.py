@@ -11,7 +11,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
-from mmrevnet.engine import build_test_config
+from mmrevnet.engine import build_test_config, init_cpu_launcher
 
 
 def parse_args():
@@ -55,6 +55,7 @@ def main():
         cfg_options=args.cfg_options,
         launcher=args.launcher,
     )
+    init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
     runner.test()
 

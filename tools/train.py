@@ -12,7 +12,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
-from mmrevnet.engine import build_train_config
+from mmrevnet.engine import build_train_config, init_cpu_launcher
 
 
 def parse_args():
@@ -63,6 +63,7 @@ def main():
         cfg_options=args.cfg_options,
         launcher=args.launcher,
     )
+    init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
     runner.train()
 

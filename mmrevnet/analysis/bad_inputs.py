@@ -42,7 +42,8 @@ def _train_step(model, x):
 def _non_finite_input():
     x = torch.randn(2, 3, 32, 32)
     x[0, 0, 0, 0] = float('nan')
-    _train_step(_backbone(depth=18), x)
+    # The check is part of drift tracking (debugging: it syncs the host).
+    _train_step(_backbone(depth=18, track_drift=True), x)
 
 
 def _wrong_channels():
@@ -52,12 +53,12 @@ def _wrong_channels():
 def _non_finite_loss():
     from mmengine.hooks import Hook  # noqa: F401  (mmengine present)
 
-    from mmrevnet.engine import CheckInvalidLossHook
+    from mmrevnet.engine import MRevNetCheckInvalidLossHook
 
     class _Runner:
         iter = 6
 
-    CheckInvalidLossHook().after_train_iter(
+    MRevNetCheckInvalidLossHook().after_train_iter(
         _Runner(), 0, outputs={'loss': torch.tensor(float('nan'))}
     )
 
@@ -187,13 +188,13 @@ CASES: List[BadInput] = [
         'in_channels=3',
     ),
     BadInput(
-        'input containing NaN (training step)',
+        'input containing NaN (training step, track_drift=True)',
         _non_finite_input,
         FloatingPointError,
         'non-finite forward output',
     ),
     BadInput(
-        'non-finite loss (CheckInvalidLossHook)',
+        'non-finite loss (MRevNetCheckInvalidLossHook)',
         _non_finite_loss,
         FloatingPointError,
         'loss became nan',

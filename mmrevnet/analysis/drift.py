@@ -148,7 +148,7 @@ def measure_drift(
                 continue
             row['stored_states'] = stage.stage.num_stored_states
             plain = copy.deepcopy(stage)
-            plain.stage.memory_saving = False
+            plain.configure(memory_saving=False)
             generator = torch.Generator().manual_seed(seed + 1)
             x = torch.randn(
                 batch,

@@ -1,17 +1,21 @@
-from .amp import BF16CPUAmpOptimWrapper
+from .amp import MRevNetBF16CPUAmpOptimWrapper
 from .checkpoint import (
     UntrustedCheckpointError,
     load_runner_checkpoint,
     runner_checkpoint_globals,
 )
-from .config import build_test_config, build_train_config
+from .config import (
+    build_test_config,
+    build_train_config,
+    init_cpu_launcher,
+)
 from .distributed import (
-    CPUAwareDistributedDataParallel,
+    MRevNetCPUDistributedDataParallel,
     init_cpu_process_group,
 )
 from .hooks import (
-    CheckInvalidLossHook,
-    ReconstructionDriftHook,
+    MRevNetCheckInvalidLossHook,
+    MRevNetDriftHook,
     momentum_stages,
 )
 from .runner import MRevNetRunner
@@ -21,12 +25,13 @@ __all__ = [
     'UntrustedCheckpointError',
     'load_runner_checkpoint',
     'runner_checkpoint_globals',
-    'ReconstructionDriftHook',
-    'CheckInvalidLossHook',
+    'MRevNetDriftHook',
+    'MRevNetCheckInvalidLossHook',
     'momentum_stages',
     'build_train_config',
     'build_test_config',
-    'CPUAwareDistributedDataParallel',
+    'init_cpu_launcher',
+    'MRevNetCPUDistributedDataParallel',
     'init_cpu_process_group',
-    'BF16CPUAmpOptimWrapper',
+    'MRevNetBF16CPUAmpOptimWrapper',
 ]

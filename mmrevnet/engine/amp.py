@@ -13,7 +13,7 @@ from mmengine.registry import OPTIM_WRAPPERS
 
 
 @OPTIM_WRAPPERS.register_module()
-class BF16CPUAmpOptimWrapper(OptimWrapper):
+class MRevNetBF16CPUAmpOptimWrapper(OptimWrapper):
     """``OptimWrapper`` that runs the forward under CPU bf16 autocast.
 
     ``tools/train.py --amp`` selects it when CUDA is unavailable (and
@@ -28,7 +28,7 @@ class BF16CPUAmpOptimWrapper(OptimWrapper):
     def __init__(self, dtype: str = 'bfloat16', **kwargs):
         if dtype not in ('bfloat16', torch.bfloat16):
             raise ValueError(
-                'BF16CPUAmpOptimWrapper: dtype must be '
+                'MRevNetBF16CPUAmpOptimWrapper: dtype must be '
                 f"'bfloat16', got {dtype!r}"
             )
         super().__init__(**kwargs)

@@ -15,7 +15,7 @@ def _config_stem(config: str) -> str:
 
 def _enable_amp(cfg: Config) -> None:
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if wrapper in ('AmpOptimWrapper', 'BF16CPUAmpOptimWrapper'):
+    if wrapper in ('AmpOptimWrapper', 'MRevNetBF16CPUAmpOptimWrapper'):
         return
     if wrapper != 'OptimWrapper':
         raise ValueError(
@@ -25,7 +25,7 @@ def _enable_amp(cfg: Config) -> None:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     else:
-        cfg.optim_wrapper.type = 'BF16CPUAmpOptimWrapper'
+        cfg.optim_wrapper.type = 'MRevNetBF16CPUAmpOptimWrapper'
 
 
 def sync_bn_to_bn(cfg) -> None:
@@ -46,22 +46,39 @@ def _use_safe_loading_runner(cfg: Config) -> None:
         cfg.runner_type = 'MRevNetRunner'
 
 
+def _runs_on_cpu_processes(cfg: Config) -> bool:
+    return cfg.launcher != 'none' and not torch.cuda.is_available()
+
+
+def init_cpu_launcher(cfg: Config) -> None:
+    """Create the gloo process group of a multi-process run without GPUs.
+
+    mmengine's ``init_dist`` needs CUDA; its ``Runner`` skips it when a
+    process group already exists. Does nothing for ``launcher='none'`` or
+    where CUDA is available.
+
+    Args:
+        cfg (Config): A config from :func:`build_train_config` or
+            :func:`build_test_config`.
+    """
+    if _runs_on_cpu_processes(cfg):
+        init_cpu_process_group(cfg.env_cfg.dist_cfg.backend)
+
+
 def _prepare_launcher(cfg: Config, launcher: str) -> None:
     cfg.launcher = launcher
-    if launcher == 'none' or torch.cuda.is_available():
+    if not _runs_on_cpu_processes(cfg):
         return
-    backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend', 'gloo')
-    if backend != 'gloo':
-        # NCCL needs GPUs; without them gloo is the only choice.
-        cfg.env_cfg.dist_cfg.backend = backend = 'gloo'
-    init_cpu_process_group(backend)
+    # NCCL needs GPUs; without them gloo is the only choice.
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    cfg.env_cfg.dist_cfg.backend = 'gloo'
     # SyncBatchNorm only runs on GPUs: on CPUs each process normalises with
     # its own batch statistics.
     sync_bn_to_bn(cfg.model)
     wrapper = cfg.get('model_wrapper_cfg')
     if wrapper is None:
         cfg.model_wrapper_cfg = dict(
-            type='CPUAwareDistributedDataParallel',
+            type='MRevNetCPUDistributedDataParallel',
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False),
         )
@@ -70,7 +87,7 @@ def _prepare_launcher(cfg: Config, launcher: str) -> None:
     ):
         # mmengine's default wrapper gets device_ids, which DDP rejects for
         # a CPU module (e.g. model_wrapper_cfg.static_graph=True alone).
-        wrapper['type'] = 'CPUAwareDistributedDataParallel'
+        wrapper['type'] = 'MRevNetCPUDistributedDataParallel'
 
 
 def build_train_config(
@@ -97,7 +114,8 @@ def build_train_config(
 
     Returns:
         Config: Ready for ``RUNNERS.build`` (``runner_type`` defaults to
-        ``'MRevNetRunner'``).
+        ``'MRevNetRunner'``), after :func:`init_cpu_launcher` for a
+        multi-process run without GPUs. Building it has no side effect.
     """
     cfg = Config.fromfile(config)
     if cfg_options:

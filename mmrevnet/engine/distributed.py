@@ -5,7 +5,7 @@ and its ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` to DDP,
 both of which fail for a CPU model. The Runner skips ``init_dist`` when a
 process group already exists and builds the wrapper from
 ``model_wrapper_cfg``, so on a machine without CUDA we create the gloo
-group first and use :class:`CPUAwareDistributedDataParallel`.
+group first and use :class:`MRevNetCPUDistributedDataParallel`.
 """
 
 import os
@@ -17,7 +17,7 @@ from mmengine.registry import MODEL_WRAPPERS
 
 
 @MODEL_WRAPPERS.register_module()
-class CPUAwareDistributedDataParallel(MMDistributedDataParallel):
+class MRevNetCPUDistributedDataParallel(MMDistributedDataParallel):
     """``MMDistributedDataParallel`` that accepts a model on the CPU.
 
     DDP refuses ``device_ids`` for a CPU module; they are dropped there and

@@ -23,7 +23,7 @@ def momentum_stages(model) -> Dict[str, MomentumStage]:
 
 
 @HOOKS.register_module()
-class ReconstructionDriftHook(Hook):
+class MRevNetDriftHook(Hook):
     """Report how far memory-saving stages drift from the true activations.
 
     Switches on ``track_drift`` of every momentum stage of the model: each
@@ -56,11 +56,11 @@ class ReconstructionDriftHook(Hook):
         self.stages = momentum_stages(runner.model)
         if not self.stages:
             raise ValueError(
-                'ReconstructionDriftHook: the model has no momentum stages '
+                'MRevNetDriftHook: the model has no momentum stages '
                 '(MRevNet backbone or MomentumSequential) to monitor'
             )
         for stage in self.stages.values():
-            stage.track_drift = True
+            stage.configure(track_drift=True)
 
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
@@ -91,7 +91,7 @@ class ReconstructionDriftHook(Hook):
 
 
 @HOOKS.register_module()
-class CheckInvalidLossHook(Hook):
+class MRevNetCheckInvalidLossHook(Hook):
     """Stop training with an error when the loss is not finite.
 
     Args:

@@ -11,12 +11,22 @@ from .coupling import (
     state_anchor_interval,
 )
 from .function import MomentumStageFunction, StageReport
-from .sequential import MomentumSequential, MomentumStage, check_gamma
+from .sequential import MomentumSequential
+from .stage import (
+    MODES,
+    MomentumStage,
+    StageConfig,
+    check_gamma,
+    stage_mode,
+)
 from .state import checkpointed_call, frozen_norm_buffers
 
 __all__ = [
     'MomentumSequential',
     'MomentumStage',
+    'StageConfig',
+    'MODES',
+    'stage_mode',
     'MomentumStageFunction',
     'StageReport',
     'check_gamma',

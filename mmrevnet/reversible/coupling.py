@@ -20,8 +20,8 @@ because the position error left at a stored velocity is amplified again by
 the next run of blocks.
 """
 
-import functools
 import math
+import struct
 from typing import Tuple
 
 import torch
@@ -59,22 +59,22 @@ def inverse_position(x_next: Tensor, v_next: Tensor) -> Tensor:
     return x_next - v_next
 
 
-@functools.lru_cache(maxsize=64)
 def gamma_as_computed(gamma: float, dtype: torch.dtype) -> float:
     """``gamma`` rounded as :func:`forward_step`'s kernel rounds it.
 
-    ``torch.lerp`` computes in the tensor's precision (fp32 for 16-bit
-    tensors), so in fp32 the
+    ``torch.lerp`` computes in the tensor's precision, and in fp32 for
+    16-bit tensors, with the weight rounded to that precision: in fp32 the
     forward update is ``v' = g * v + (1 - g) * fx`` with ``g`` the fp32
     value nearest to ``gamma``. The inverse must divide by that ``g``, not
     by ``gamma``: a mismatch of one fp32 rounding (about 4e-8) would be a
     systematic error of every inverse step, amplified like rounding error.
     ``1 - g`` is exact in the same precision for ``g`` in [0.5, 1).
+    Computed on the host without torch, so it never synchronises a device.
     """
-    # 16-bit lerp computes in fp32 with an fp32 weight (opmath).
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
-    return float(torch.tensor(gamma, dtype=dtype))
+    if dtype == torch.float64:
+        return float(gamma)
+    # fp32, and the fp32 opmath of 16-bit lerp.
+    return struct.unpack('<f', struct.pack('<f', gamma))[0]
 
 
 def inverse_velocity(v_next: Tensor, fx: Tensor, gamma: float) -> Tensor:

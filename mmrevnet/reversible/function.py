@@ -18,7 +18,13 @@ Adjoint of one block (``g_x``, ``g_v``: gradients w.r.t. ``x_{t+1}`` and
 Parameters are explicit inputs of the Function and their gradients are
 returned (as in memcnn and momentumnet), so ``torch.autograd.grad`` works,
 a stage whose input needs no grad still trains its parameters, and DDP
-sees each parameter become ready exactly once.
+sees each parameter become ready exactly once. A function whose
+recomputation reaches a tensor that needs grad and is not one of its
+parameters (a closure over another module's output or a free tensor)
+would silently lose that gradient: it is detected and refused.
+
+The Function takes its settings as plain arguments and makes no host
+synchronisation unless drift tracking (a debugging aid) is on.
 """
 
 import contextlib
@@ -65,6 +71,7 @@ def _parameter_layout(functions: Sequence[nn.Module]):
     position: Dict[int, int] = {}
     layout: List[List[int]] = []
     for function in functions:
+        _check_not_replica(function)
         indices = []
         for param in function.parameters():
             if not param.requires_grad:
@@ -78,17 +85,34 @@ def _parameter_layout(functions: Sequence[nn.Module]):
     return params, layout
 
 
+def _check_not_replica(function: nn.Module) -> None:
+    # nn.DataParallel replicas keep their weights as plain attributes, so
+    # ``parameters()`` is empty and they would get no gradient.
+    if any(getattr(m, '_is_replica', False) for m in function.modules()):
+        raise RuntimeError(
+            'The memory-saving momentum stage does not support '
+            'torch.nn.DataParallel replicas (their parameters are not '
+            'visible to it, so they would get no gradient). Use '
+            'DistributedDataParallel (what mmengine uses) or '
+            'memory_saving=False.'
+        )
+
+
 class MomentumStageFunction(torch.autograd.Function):
     """``x_T = stage(x_0, v_0)`` with a reconstructing backward.
 
     Call through :func:`momentum_stage_memory_saving`; ``apply`` takes
-    ``(stage, functions, layout, x, v0, *params)``.
+    ``(settings, functions, layout, report, x, v0, *params)`` with
+    ``settings = (name, gamma, anchor_intervals, preserve_rng_state)``.
     """
 
     @staticmethod
-    def forward(ctx, stage, functions, layout, x, v0, *params):
-        gamma = stage.gamma
-        ctx.stage = stage
+    def forward(ctx, settings, functions, layout, report, x, v0, *params):
+        name, gamma, anchor_intervals, preserve_rng_state = settings
+        ctx.name = name
+        ctx.gamma = gamma
+        ctx.preserve_rng_state = preserve_rng_state
+        ctx.report = report
         ctx.functions = functions
         ctx.layout = layout
         ctx.num_params = len(params)
@@ -102,7 +126,7 @@ class MomentumStageFunction(torch.autograd.Function):
         x_start = x
         v = torch.zeros_like(x) if v0 is None else v0
         v_start = v
-        interval = stage.anchor_interval_for(ctx.autocast.low_precision)
+        interval = anchor_intervals[int(ctx.autocast.low_precision)]
         with torch.no_grad():
             for step, function in enumerate(functions):
                 if interval and step and step % interval == 0:
@@ -110,21 +134,20 @@ class MomentumStageFunction(torch.autograd.Function):
                     # place would be amplified again by the next segment.
                     ctx.anchor_steps.append(step)
                     anchors += [x, v]
-                if stage.preserve_rng_state:
+                if preserve_rng_state:
                     ctx.rng_states.append(RNGState(x))
                 x, v = forward_step(x, v, function(x), gamma)
         saved = [x, v, *anchors]
-        if stage.track_drift:
+        if report is not None:
             saved += [x_start, v_start]
         ctx.save_for_backward(*saved)
         return x
 
     @staticmethod
     def backward(ctx, grad_output):
-        stage = ctx.stage
         if torch.is_grad_enabled():
             raise RuntimeError(
-                f'Momentum stage {stage.name!r}: double backward '
+                f'Momentum stage {ctx.name!r}: double backward '
                 '(create_graph=True) is not supported by the memory-saving '
                 'path; build the stage with memory_saving=False for '
                 'higher-order gradients.'
@@ -137,8 +160,10 @@ class MomentumStageFunction(torch.autograd.Function):
             step: anchor_states[2 * i : 2 * i + 2]
             for i, step in enumerate(ctx.anchor_steps)
         }
-        _check_finite(stage, 'forward output', x, v)
-        gamma = stage.gamma
+        report = ctx.report
+        if report is not None:
+            _check_finite(ctx.name, 'forward output', x, v)
+        gamma = ctx.gamma
         params = ctx.params
         param_grads: List[Optional[Tensor]] = [None] * ctx.num_params
         grad_x = grad_output
@@ -157,22 +182,24 @@ class MomentumStageFunction(torch.autograd.Function):
                 x = inverse_position(x, v)
             replay = (
                 ctx.rng_states[step].replay()
-                if stage.preserve_rng_state
+                if ctx.preserve_rng_state
                 else contextlib.nullcontext()
             )
             frozen = frozen_norm_buffers([function])
             with torch.enable_grad(), ctx.autocast.enter(), replay, frozen:
                 x_in = x.detach().requires_grad_(True)
                 fx = function(x_in)
+            indices = ctx.layout[step]
+            inputs = [x_in] + [params[i] for i in indices]
+            _check_closed_over(ctx.name, step, fx, inputs)
             if cotangent is None:
                 g = gamma_as_computed(gamma, grad_x.dtype)
                 cotangent = (1.0 - g) * grad_x
             else:
                 cotangent = torch.lerp(grad_x, cotangent, gamma)
-            indices = ctx.layout[step]
             grads = torch.autograd.grad(
                 fx,
-                [x_in] + [params[i] for i in indices],
+                inputs,
                 grad_outputs=cotangent.to(fx.dtype),
                 allow_unused=True,
             )
@@ -194,22 +221,56 @@ class MomentumStageFunction(torch.autograd.Function):
                 v = v_stored
             else:
                 v = inverse_velocity(v, fx.detach(), gamma)
-        _check_finite(stage, 'reconstructed stage input', x, v)
-        if stage.track_drift:
+        if report is not None:
+            _check_finite(ctx.name, 'reconstructed stage input', x, v)
             x_true, v_true = saved[2 + 2 * num_anchors :]
-            stage.report.position_drift = _relative_max_error(x, x_true)
-            stage.report.velocity_drift = _relative_max_error(
-                v, v_true, floor=1.0
-            )
+            report.position_drift = _relative_max_error(x, x_true)
+            report.velocity_drift = _relative_max_error(v, v_true, floor=1.0)
         grad_v0 = None
-        if ctx.has_v0 and ctx.needs_input_grad[4] and cotangent is not None:
+        if ctx.has_v0 and ctx.needs_input_grad[5] and cotangent is not None:
             g = gamma_as_computed(gamma, cotangent.dtype)
             grad_v0 = cotangent * (g / (1.0 - g))
-        grad_x0 = grad_x if ctx.needs_input_grad[3] else None
-        return (None, None, None, grad_x0, grad_v0, *param_grads)
+        grad_x0 = grad_x if ctx.needs_input_grad[4] else None
+        return (None, None, None, None, grad_x0, grad_v0, *param_grads)
 
 
-def _check_finite(stage, what: str, x: Tensor, v: Tensor) -> None:
+def _check_closed_over(
+    name: str, step: int, output: Tensor, inputs: Sequence[Tensor]
+) -> None:
+    """Refuse a recomputed graph that reaches a tensor outside ``inputs``.
+
+    The recomputation runs from a fresh leaf ``x_in``: any other tensor
+    needing grad that ``F`` reaches (a closure, a module attribute that is
+    not a parameter) would get no gradient through this Function.
+    """
+    known = {id(t) for t in inputs}
+    pending = [output.grad_fn]
+    seen = set()
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, 'variable', None)
+        if variable is not None:  # AccumulateGrad: a leaf
+            if id(variable) not in known:
+                _raise_closed_over(name, step, variable)
+            continue
+        pending.extend(fn for fn, _ in node.next_functions)
+
+
+def _raise_closed_over(name: str, step: int, tensor: Tensor) -> None:
+    raise RuntimeError(
+        f'Momentum stage {name!r}: function {step} uses a tensor of shape '
+        f'{tuple(tensor.shape)} that needs grad but is neither its input '
+        'nor one of its parameters (a closure or a plain tensor '
+        'attribute). The memory-saving backward cannot give it a '
+        'gradient. Make it an nn.Parameter of the function, or use '
+        'memory_saving=False.'
+    )
+
+
+def _check_finite(name: str, what: str, x: Tensor, v: Tensor) -> None:
     if not (torch.isfinite(x).all() and torch.isfinite(v).all()):
         if what == 'forward output':
             cause = (
@@ -224,16 +285,36 @@ def _check_finite(stage, what: str, x: Tensor, v: Tensor) -> None:
                 'overflowed when evaluated again'
             )
         raise FloatingPointError(
-            f'Momentum stage {stage.name!r}: non-finite {what} in the '
+            f'Momentum stage {name!r}: non-finite {what} in the '
             f'memory-saving backward: {cause}.'
         )
 
 
 def momentum_stage_memory_saving(
-    stage, functions: Sequence[nn.Module], x: Tensor, v0: Optional[Tensor]
+    config,
+    functions: Sequence[nn.Module],
+    x: Tensor,
+    v0: Optional[Tensor],
+    report: Optional[StageReport] = None,
 ) -> Tensor:
-    """Run ``functions`` through :class:`MomentumStageFunction`."""
+    """Run ``functions`` through :class:`MomentumStageFunction`.
+
+    Args:
+        config (StageConfig): The stage's settings.
+        functions (Sequence[nn.Module]): The residual functions.
+        x (Tensor): Stage input.
+        v0 (Tensor, optional): Initial velocity (zero when None).
+        report (StageReport, optional): Where the backward writes the
+            measured drift; also turns on the non-finite checks (host
+            synchronisations). Defaults to None.
+    """
     params, layout = _parameter_layout(functions)
+    settings = (
+        config.name,
+        config.gamma,
+        (config.anchor_interval, config.low_precision_anchor_interval),
+        config.preserve_rng_state,
+    )
     return MomentumStageFunction.apply(
-        stage, list(functions), layout, x, v0, *params
+        settings, list(functions), layout, report, x, v0, *params
     )

@@ -7,8 +7,8 @@ from mmengine.registry import RUNNERS
 
 from mmrevnet.datasets.synthetic import generate_cityscapes
 from mmrevnet.engine import (
-    CheckInvalidLossHook,
-    ReconstructionDriftHook,
+    MRevNetCheckInvalidLossHook,
+    MRevNetDriftHook,
     build_train_config,
 )
 
@@ -61,7 +61,7 @@ def test_drift_hook_reports_large_drift_for_unstable_gamma(
             gamma=0.1, max_amplification=1e30, zero_init_residual=False
         ),
     }.items():
-        hook = ReconstructionDriftHook(interval=2)
+        hook = MRevNetDriftHook(interval=2)
         runner = _runner(data_root, tmp_path / name, backbone)
         runner.register_hook(hook)
         with caplog.at_level(logging.INFO, logger=runner.logger.name):
@@ -94,7 +94,7 @@ RESNET = dict(
 
 def test_drift_hook_needs_momentum_stages(data_root, tmp_path):
     runner = _runner(data_root, tmp_path, None, **{'model.backbone': RESNET})
-    runner.register_hook(ReconstructionDriftHook())
+    runner.register_hook(MRevNetDriftHook())
     with pytest.raises(ValueError, match='no momentum stages'):
         runner.train()
 
@@ -113,6 +113,6 @@ def test_invalid_loss_hook_stops_training(data_root, tmp_path):
             'train_cfg.max_iters': 6,
         },
     )
-    runner.register_hook(CheckInvalidLossHook())
+    runner.register_hook(MRevNetCheckInvalidLossHook())
     with pytest.raises(FloatingPointError, match='loss became'):
         runner.train()

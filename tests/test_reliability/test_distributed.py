@@ -2,7 +2,7 @@
 
 ``tools/dist_train.sh CONFIG 2`` runs the demo config under torchrun;
 ``mmrevnet.engine`` creates the gloo group and wraps the model in
-``CPUAwareDistributedDataParallel`` when CUDA is absent. Two processes with
+``MRevNetCPUDistributedDataParallel`` when CUDA is absent. Two processes with
 batch ``b`` must give the weights of one process with batch ``2b`` after
 each step. That holds exactly (up to float summation order) only when
 nothing depends on how the batch is split:
@@ -271,7 +271,7 @@ def test_two_processes_match_one(
     wrapper = dumped.model_wrapper_cfg
     find_unused = ddp_options.get('find_unused_parameters', False)
     static_graph = ddp_options.get('model_wrapper_cfg.static_graph', False)
-    assert wrapper.type == 'CPUAwareDistributedDataParallel'
+    assert wrapper.type == 'MRevNetCPUDistributedDataParallel'
     assert wrapper.get('find_unused_parameters', False) is find_unused
     assert wrapper.get('static_graph', False) is static_graph
     assert dumped.env_cfg.dist_cfg.backend == 'gloo'

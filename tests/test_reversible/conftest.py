@@ -2,7 +2,7 @@
 
 Every comparison runs the memory-saving path (``memory_saving=True``)
 against the plain path of a deep copy (same weights, same buffers) with
-``stage.memory_saving = False``; the plain path is ordinary autograd.
+``configure(memory_saving=False)``; the plain path is ordinary autograd.
 The helpers are exposed through the ``rh`` fixture.
 """
 
@@ -67,7 +67,7 @@ def make_pair(functions, gamma=0.9, **kwargs):
             warnings.simplefilter('error')
             rev = MomentumSequential(functions, gamma, **kwargs)
     plain = copy.deepcopy(rev)
-    plain.stage.memory_saving = False
+    plain.configure(memory_saving=False)
     return rev, plain
 
 

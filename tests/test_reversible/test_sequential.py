@@ -42,7 +42,7 @@ def test_float32_35_blocks_gradients(rh):
 def test_comparison_detects_a_wrong_gamma(rh):
     """The comparison is sensitive: a different gamma does not pass."""
     rev, plain = rh.make_pair(rh.conv_bn_list(10), 0.9)
-    plain.stage.gamma = 0.9 + 1e-6
+    plain.configure(gamma=0.9 + 1e-6)
     with pytest.raises(AssertionError):
         rh.assert_runs_match(
             rh.run(rev, rh.data()), rh.run(plain, rh.data()), tol=1e-10

@@ -128,7 +128,7 @@ def _bf16_pair(rh, num, seed=0, **kwargs):
         MomentumSequential(copy.deepcopy(functions), 0.9, **kwargs)
     )
     plain = copy.deepcopy(rev)
-    plain.stage.stage.memory_saving = False
+    plain.stage.configure(memory_saving=False)
     return rev, plain
 
 
@@ -191,4 +191,4 @@ def test_bf16_deep_stage_default_plan(rh):
 
 def rev_stage_interval(rh):
     rev, _ = _bf16_pair(rh, 35)
-    return rev.stage.stage.anchor_interval_for(low_precision=True)
+    return rev.stage.config.anchor_interval_for(low_precision=True)

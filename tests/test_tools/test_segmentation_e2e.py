@@ -178,7 +178,7 @@ def test_train_script_amp(data_roots, tmp_path):
     wrapper = (
         'AmpOptimWrapper'
         if torch.cuda.is_available()
-        else 'BF16CPUAmpOptimWrapper'
+        else 'MRevNetBF16CPUAmpOptimWrapper'
     )
     dumped = Config.fromfile(
         osp.join(work_dir, osp.basename(CONFIGS[(head, layout)]))

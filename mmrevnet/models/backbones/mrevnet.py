@@ -5,6 +5,7 @@ ICCV 2021, arXiv 2108.05862); the update is the one of Momentum Residual
 Neural Networks (Sander et al., ICML 2021).
 """
 
+import math
 import numbers
 from typing import Dict, Optional, Sequence
 
@@ -18,7 +19,9 @@ from torch import Tensor, nn
 from mmrevnet.reversible import (
     DEFAULT_MAX_AMPLIFICATION,
     MomentumStage,
+    StageConfig,
     checkpointed_call,
+    stage_mode,
 )
 
 RESIDUAL_FNS = ('branch', 'block')
@@ -43,9 +46,16 @@ class _MomentumResidual:
     ``block(x) - x``, so that ``gamma = 0`` is exactly the ResNet block
     (Momentum ResNets' choice for warm-starting from ResNet weights).
     Parameter names are those of the ResNet block.
+
+    Args:
+        residual_fn (str): ``'branch'`` or ``'block'``.
+            Defaults to ``'branch'``.
+        **kwargs: Arguments of the ResNet block.
     """
 
-    residual_fn = 'branch'
+    def __init__(self, residual_fn: str = 'branch', **kwargs):
+        super().__init__(**kwargs)
+        self.residual_fn = residual_fn
 
     def forward(self, x: Tensor) -> Tensor:
         branch = self._branch(x)
@@ -94,7 +104,9 @@ class MomentumResLayer(Sequential):
         inplanes (int): Input channels.
         planes (int): Block width (output is ``planes * expansion``).
         num_blocks (int): Blocks in the stage (at least 1).
-        stage (MomentumStage): Settings of the momentum stage.
+        stage (MomentumStage): The momentum stage; its mode also decides
+            whether block 0 is checkpointed in training (any mode but
+            ``'plain'``).
         stride (int): Stride of block 0. Defaults to 1.
         dilation (int): Dilation of the stage. Defaults to 1.
         avg_down (bool): AvgPool before the downsample conv.
@@ -105,8 +117,6 @@ class MomentumResLayer(Sequential):
             stage. Defaults to None.
         contract_dilation (bool): Halve the dilation of block 0.
             Defaults to False.
-        checkpoint_transition (bool): Checkpoint block 0 in training.
-            Defaults to True.
         residual_fn (str): ``'branch'`` or ``'block'``. Defaults to
             ``'branch'``.
         **kwargs: Passed to every block (``style``, ``init_cfg``).
@@ -126,7 +136,6 @@ class MomentumResLayer(Sequential):
         norm_cfg: dict = dict(type='BN'),
         multi_grid: Optional[Sequence[int]] = None,
         contract_dilation: bool = False,
-        checkpoint_transition: bool = True,
         residual_fn: str = 'branch',
         **kwargs,
     ):
@@ -181,6 +190,7 @@ class MomentumResLayer(Sequential):
         momentum_block = _MOMENTUM_BLOCKS[block]
         for index in range(1, num_blocks):
             function = momentum_block(
+                residual_fn=residual_fn,
                 inplanes=outplanes,
                 planes=planes,
                 stride=1,
@@ -189,11 +199,9 @@ class MomentumResLayer(Sequential):
                 norm_cfg=norm_cfg,
                 **kwargs,
             )
-            function.residual_fn = residual_fn
             blocks.append(function)
         super().__init__(*blocks)
         self.stage = stage
-        self.checkpoint_transition = checkpoint_transition
 
     @property
     def functions(self):
@@ -203,7 +211,7 @@ class MomentumResLayer(Sequential):
     def forward(self, x: Tensor) -> Tensor:
         transition = self[0]
         if (
-            self.checkpoint_transition
+            self.stage.config.mode != 'plain'
             and self.training
             and _needs_grad([transition], x)
         ):
@@ -351,18 +359,20 @@ class MRevNet(ResNet):
             multi_grid=multi_grid,
             residual_fn=residual_fn,
         )
-        self.gamma = gamma
-        self.memory_saving = memory_saving
-        self.residual_fn = residual_fn
-        self.track_drift = track_drift
-        self.max_amplification = (
-            DEFAULT_MAX_AMPLIFICATION
-            if max_amplification is None
-            else max_amplification
+        # The stage settings, validated once here (every stage's config is
+        # this one with its own length and name).
+        self._stage_config = StageConfig(
+            0,
+            gamma=gamma,
+            mode=stage_mode(memory_saving, with_cp),
+            track_drift=track_drift,
+            max_amplification=(
+                DEFAULT_MAX_AMPLIFICATION
+                if max_amplification is None
+                else max_amplification
+            ),
         )
-        self._checkpoint_blocks = bool(memory_saving or with_cp)
-        self._num_stages_built = 0
-        self.stages: Dict[str, MomentumStage] = {}
+        self.residual_fn = residual_fn
         super().__init__(
             depth=depth,
             in_channels=in_channels,
@@ -391,26 +401,37 @@ class MRevNet(ResNet):
         )
         self.in_channels = in_channels
 
+    @property
+    def gamma(self) -> float:
+        """Momentum of every stage."""
+        return self._stage_config.gamma
+
+    @property
+    def memory_saving(self) -> bool:
+        """Whether training reconstructs activations in the backward."""
+        return self._stage_config.memory_saving
+
+    @property
+    def stage_mode(self) -> str:
+        """``'reversible'``, ``'checkpoint'`` or ``'plain'``."""
+        return self._stage_config.mode
+
+    @property
+    def stages(self) -> Dict[str, MomentumStage]:
+        """The momentum stage of each res layer, by layer name."""
+        return {name: getattr(self, name).stage for name in self.res_layers}
+
     def make_res_layer(self, **kwargs) -> MomentumResLayer:
         """Build one stage as a :class:`MomentumResLayer`."""
-        self._num_stages_built += 1
-        name = f'layer{self._num_stages_built}'
-        for unused in ('dcn', 'plugins'):
+        for unused in ('dcn', 'plugins', 'with_cp'):
             kwargs.pop(unused)
-        with_cp = kwargs.pop('with_cp')
-        stage = MomentumStage(
-            kwargs['num_blocks'] - 1,
-            gamma=self.gamma,
-            memory_saving=self.memory_saving,
-            name=name,
-            track_drift=self.track_drift,
-            max_amplification=self.max_amplification,
-            with_cp=with_cp,
+        # ResNet builds stage i with planes = base_channels * 2**i.
+        index = int(math.log2(kwargs['planes'] // self.base_channels))
+        config = self._stage_config.replace(
+            num_functions=kwargs['num_blocks'] - 1, name=f'layer{index + 1}'
         )
-        self.stages[name] = stage
         return MomentumResLayer(
-            stage=stage,
-            checkpoint_transition=self._checkpoint_blocks,
+            stage=MomentumStage.from_config(config),
             residual_fn=self.residual_fn,
             **kwargs,
         )
@@ -437,7 +458,7 @@ class MRevNet(ResNet):
             )
         stem_modules = self._stem_modules()
         if (
-            self._checkpoint_blocks
+            self.stage_mode != 'plain'
             and self.training
             and _needs_grad(stem_modules, x)
         ):
