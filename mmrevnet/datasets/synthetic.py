@@ -25,10 +25,8 @@ with its parameters; calling it again with the same parameters is a no-op.
 This module only depends on numpy and OpenCV (no torch, no OpenMMLab).
 """
 
-import json
 import os
 import os.path as osp
-import shutil
 import time
 from typing import (
     Callable,
@@ -43,6 +41,7 @@ from typing import (
 import cv2
 import numpy as np
 
+from .manifest import finish_manifest, prepare_root
 from .scenes import ClassAppearance, class_appearance, render_scene
 
 __all__ = [
@@ -202,74 +201,6 @@ def _check_size(size: Sequence[int]) -> Tuple[int, int]:
     return size
 
 
-def _prepare(
-    root: str,
-    params: dict,
-    subdirs: Sequence[str],
-    num_files: int,
-    force: bool,
-    manifest_name: str = MANIFEST_NAME,
-) -> Optional[dict]:
-    """Handle the manifest: return it if the dataset is up to date.
-
-    Otherwise remove the stale generated sub-directories (only when the
-    root holds one of our manifests, or ``force`` is set) and return None.
-    Shared with :mod:`.digits`, which passes its own ``manifest_name``.
-    """
-    manifest_path = osp.join(root, manifest_name)
-    old = None
-    if osp.isfile(manifest_path):
-        try:
-            with open(manifest_path, encoding='utf-8') as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = {}
-    if (
-        old is not None
-        and not force
-        and old.get('params') == params
-        and _count_files(root, subdirs) == num_files
-    ):
-        return old
-    existing = [
-        d
-        for d in subdirs
-        if osp.isdir(osp.join(root, d)) and os.listdir(osp.join(root, d))
-    ]
-    if existing and old is None and not force:
-        raise FileExistsError(
-            f'{root} already holds {existing} but no {manifest_name}; '
-            'pass force=True to overwrite it'
-        )
-    if osp.isfile(manifest_path):
-        os.remove(manifest_path)
-    for d in subdirs:
-        shutil.rmtree(osp.join(root, d), ignore_errors=True)
-    return None
-
-
-def _count_files(root: str, subdirs: Sequence[str]) -> int:
-    total = 0
-    for d in subdirs:
-        for _, _, files in os.walk(osp.join(root, d)):
-            total += len(files)
-    return total
-
-
-def _finish(
-    root: str,
-    params: dict,
-    summary: dict,
-    manifest_name: str = MANIFEST_NAME,
-) -> dict:
-    manifest = dict(params=params, summary=summary)
-    tmp = osp.join(root, manifest_name + '.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, osp.join(root, manifest_name))
-    return manifest
-
-
 def _result(manifest: dict, skipped: bool, seconds: float) -> dict:
     out = dict(manifest['summary'])
     out['skipped'] = skipped
@@ -392,7 +323,9 @@ def _generate(
     start = time.perf_counter()
     per_image = 1 if layout.ann_dir is None else 2
     num_files = per_image * sum(layout.counts.values())
-    old = _prepare(root, params, layout.subdirs, num_files, force)
+    old = prepare_root(
+        root, params, layout.subdirs, num_files, force, MANIFEST_NAME
+    )
     if old is not None:
         return _result(old, True, time.perf_counter() - start)
 
@@ -444,7 +377,7 @@ def _generate(
     if layout.ann_dir is not None:
         summary['ann_dirs'] = layout.dirs('ann_dir')
     summary.update(pixels(hists))
-    manifest = _finish(root, params, summary)
+    manifest = finish_manifest(root, params, summary, MANIFEST_NAME)
     return _result(manifest, False, time.perf_counter() - start)
 
 
