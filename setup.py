@@ -35,7 +35,9 @@ setup(
     long_description=long_description,
     long_description_content_type='text/markdown',
     keywords='reversible networks, momentum, segmentation, openmmlab',
-    packages=find_packages(exclude=('configs', 'tools', 'tests', 'docs')),
+    # Only the library: the studies (benchmarks/), tools, tests and their
+    # sub-packages stay in the repository.
+    packages=find_packages(include=('mmrevnet', 'mmrevnet.*')),
     python_requires='>=3.8',
     license='Apache-2.0',
     install_requires=read_requirements('runtime.txt'),

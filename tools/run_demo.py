@@ -9,9 +9,16 @@ same PSPNet with mmseg's ResNetV1c-34.
 import argparse
 import json
 import os.path as osp
+import sys
 
-import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
-from mmrevnet.apis.demo import run_segmentation_demo
+# The demo code (tools/demo/) is not installed: import it from the checkout
+# this script belongs to.
+_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import mmrevnet  # noqa: E402,F401  (shims and registration before mmseg)
+from tools.demo.segmentation_demo import run_segmentation_demo  # noqa: E402
 
 
 def parse_args():

@@ -26,7 +26,7 @@ from typing import Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from .synthetic import _finish, _prepare
+from .manifest import finish_manifest, prepare_root
 
 __all__ = [
     'DIGITS_CLASSES',
@@ -160,7 +160,7 @@ def export_digits(
         num_samples=int(labels.shape[0]),
         custom_data=custom,
     )
-    old = _prepare(
+    old = prepare_root(
         root,
         params,
         _SPLITS,
@@ -203,7 +203,7 @@ def export_digits(
         mean=[round(float(m), 3) for m in mean],
         std=[round(float(s), 3) for s in std],
     )
-    _finish(root, params, summary, manifest_name=DIGITS_MANIFEST)
+    finish_manifest(root, params, summary, manifest_name=DIGITS_MANIFEST)
     summary = dict(summary, skipped=False)
     summary['seconds'] = round(time.perf_counter() - start, 3)
     return summary

@@ -1,18 +1,8 @@
 """Deterministic procedural segmentation scenes in real dataset layouts.
 
-The scenes are made of a background (one or two classes) and several large
-shapes (rectangles, ellipses, polygons and stripes), each belonging to a
-class. Every class has a fixed appearance: a mean RGB colour and a texture
-(stripes, checker, dots, waves or grain) with a class-specific period,
-orientation, amplitude and colour direction, so that classes can be told
-apart from their local appearance. Each image adds per-shape colour and
-brightness jitter, a global brightness/colour cast and pixel noise, whose
-strength is set by ``difficulty``. Shapes are drawn in random order, so they
-occlude each other, and the label of every pixel is the class of the topmost
-shape covering it.
-
-Three layouts are written, each read by the unmodified dataset classes of
-OpenMMLab:
+The scenes (:func:`~.scenes.render_scene`) are backgrounds and occluding
+shapes of classes with fixed colours and textures. Three layouts are
+written, each read by the unmodified dataset classes of OpenMMLab:
 
 * :func:`generate_cityscapes`: the Cityscapes ``leftImg8bit``/``gtFine``
   layout with ``labelTrainIds`` maps (19 classes, 255 = ignore), read by
@@ -23,6 +13,10 @@ OpenMMLab:
 * :func:`generate_imagefolder`: ``<root>/{train,val}/<class>/<idx>.png``,
   read by mmpretrain's ``CustomDataset``.
 
+All three run one loop (:func:`_generate`); a :class:`_Layout` holds what
+differs: folder and file names, the classes of an image, the options of
+the renderer and how a label map is encoded.
+
 Generation is deterministic: image ``i`` of a split only depends on the
 parameters, the seed, the split and ``i`` (one ``numpy.random.Generator``
 per image). Each generator writes a manifest ``mmrevnet_synthetic.json``
@@ -31,17 +25,24 @@ with its parameters; calling it again with the same parameters is a no-op.
 This module only depends on numpy and OpenCV (no torch, no OpenMMLab).
 """
 
-import functools
-import json
-import math
 import os
 import os.path as osp
-import shutil
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import (
+    Callable,
+    Dict,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import cv2
 import numpy as np
+
+from .manifest import finish_manifest, prepare_root
+from .scenes import ClassAppearance, class_appearance, render_scene
 
 __all__ = [
     'CITYSCAPES_CLASSES',
@@ -119,249 +120,10 @@ ADE20K_NUM_CLASSES = 150
 _CITYSCAPES_TRAIN_CITIES = ('aachen', 'bochum', 'bremen')
 _CITYSCAPES_VAL_CITIES = ('frankfurt', 'lindau', 'munster')
 
-_TEXTURES = ('stripes', 'checker', 'dots', 'waves', 'grain')
 _SPLIT_CODES = {'train': 1, 'val': 2}
 # Fixed seeds of the class appearance tables: the appearance of a class is
 # the same for every dataset seed and split.
 _APPEARANCE_SEEDS = {'cityscapes': 1019, 'ade20k': 2150, 'imagefolder': 3001}
-
-
-class ClassAppearance:
-    """Appearance table of a set of classes.
-
-    Args:
-        mean (np.ndarray): ``(C, 3)`` float32 mean RGB colours.
-        texture (Sequence[str]): Texture kind of each class, one of
-            ``'stripes'``, ``'checker'``, ``'dots'``, ``'waves'`` and
-            ``'grain'``.
-        period (np.ndarray): ``(C,)`` texture periods in pixels.
-        angle (np.ndarray): ``(C,)`` texture orientations in radians.
-        amplitude (np.ndarray): ``(C,)`` texture amplitudes (0..255 scale).
-        direction (np.ndarray): ``(C, 3)`` unit RGB directions along which
-            the texture modulates the colour.
-    """
-
-    def __init__(
-        self,
-        mean: np.ndarray,
-        texture: Sequence[str],
-        period: np.ndarray,
-        angle: np.ndarray,
-        amplitude: np.ndarray,
-        direction: np.ndarray,
-    ) -> None:
-        self.mean = mean
-        self.texture = tuple(texture)
-        self.period = period
-        self.angle = angle
-        self.amplitude = amplitude
-        self.direction = direction
-
-    def __len__(self) -> int:
-        return len(self.texture)
-
-
-def _spread_colours(num: int, rng: np.random.Generator) -> np.ndarray:
-    """Pick ``num`` well separated RGB colours (farthest point sampling).
-
-    Args:
-        num (int): Number of colours.
-        rng (np.random.Generator): Random generator of the first colour.
-
-    Returns:
-        np.ndarray: ``(num, 3)`` float32 colours within [40, 215].
-    """
-    steps = max(6, int(math.ceil(num ** (1 / 3))) * 3)
-    axis = np.linspace(40.0, 215.0, steps)
-    grid = np.stack(np.meshgrid(axis, axis, axis, indexing='ij'), -1)
-    grid = grid.reshape(-1, 3)
-    chosen = [int(rng.integers(len(grid)))]
-    dist = np.linalg.norm(grid - grid[chosen[0]], axis=1)
-    for _ in range(num - 1):
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(grid - grid[nxt], axis=1))
-    colours = grid[chosen]
-    # Shuffle so that neighbouring class ids do not follow the sampling
-    # order (the first colours are the corners of the cube).
-    return colours[rng.permutation(num)].astype(np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def class_appearance(num_classes: int, seed: int = 0) -> ClassAppearance:
-    """Build the fixed appearance table of ``num_classes`` classes.
-
-    Args:
-        num_classes (int): Number of classes.
-        seed (int): Seed of the table (not of the dataset). Defaults to 0.
-
-    Returns:
-        ClassAppearance: The appearance table.
-    """
-    if num_classes < 1:
-        raise ValueError(f'num_classes must be >= 1, got {num_classes}')
-    rng = np.random.default_rng([seed, num_classes, 7])
-    mean = _spread_colours(num_classes, rng)
-    texture = [_TEXTURES[i % len(_TEXTURES)] for i in range(num_classes)]
-    texture = [texture[i] for i in rng.permutation(num_classes)]
-    period = rng.uniform(5.0, 14.0, num_classes).astype(np.float32)
-    angle = rng.uniform(0.0, math.pi, num_classes).astype(np.float32)
-    amplitude = rng.uniform(14.0, 30.0, num_classes).astype(np.float32)
-    direction = rng.normal(size=(num_classes, 3))
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    return ClassAppearance(
-        mean, texture, period, angle, amplitude, direction.astype(np.float32)
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _grid(height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinate grids ``(yy, xx)`` of shape ``(H, W)`` (float32)."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    return yy, xx
-
-
-def _texture(
-    kind: str,
-    period: float,
-    angle: float,
-    height: int,
-    width: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Texture pattern with values in [-1, 1] over the whole image.
-
-    Args:
-        kind (str): Texture kind.
-        period (float): Period in pixels.
-        angle (float): Orientation in radians.
-        height (int): Image height.
-        width (int): Image width.
-        rng (np.random.Generator): Random phases (and grain noise).
-
-    Returns:
-        np.ndarray: ``(H, W)`` float32 pattern.
-    """
-    if kind == 'grain':
-        cells = (
-            max(2, int(round(height / period * 2))),
-            max(2, int(round(width / period * 2))),
-        )
-        coarse = rng.standard_normal(cells).astype(np.float32)
-        fine = cv2.resize(
-            coarse, (width, height), interpolation=cv2.INTER_LINEAR
-        )
-        return np.clip(fine, -1.5, 1.5) / 1.5
-    yy, xx = _grid(height, width)
-    cos, sin = math.cos(angle), math.sin(angle)
-    omega = np.float32(2 * math.pi / period)
-    phase_u, phase_v = rng.uniform(0, 2 * math.pi, 2)
-    u = (xx * cos + yy * sin) * omega + np.float32(phase_u)
-    if kind == 'stripes':
-        return np.sin(u)
-    v = (yy * cos - xx * sin) * omega + np.float32(phase_v)
-    if kind == 'checker':
-        return np.sign(np.sin(u) * np.sin(v)).astype(np.float32)
-    if kind == 'dots':
-        dots = np.cos(u) * np.cos(v) > 0.3
-        return np.where(dots, np.float32(1), np.float32(-1))
-    if kind == 'waves':
-        return np.sin(u + 1.5 * np.sin(v * np.float32(0.5)))
-    raise ValueError(f'unknown texture {kind!r}')
-
-
-def _difficulty_params(difficulty: float) -> Dict[str, float]:
-    """Map ``difficulty`` in [0, 1] to the strength of the nuisances."""
-    if not 0.0 <= difficulty <= 1.0:
-        raise ValueError(f'difficulty must be in [0, 1], got {difficulty}')
-    d = float(difficulty)
-    # Pixel noise grows fastest: it is averaged away by a network's
-    # receptive field but defeats a per-pixel colour classifier. Per-shape
-    # and per-image shifts, which no context can undo, grow slower.
-    return dict(
-        noise=4.0 + 36.0 * d,  # std of the i.i.d. pixel noise
-        shape_shift=3.0 + 12.0 * d,  # std of the per-shape colour offset
-        shape_gain=0.03 + 0.12 * d,  # per-shape brightness jitter
-        global_gain=0.03 + 0.12 * d,  # per-image brightness jitter
-        cast=2.0 + 8.0 * d,  # std of the per-image colour cast
-        contrast=1.0 - 0.3 * d,  # shrink of class colours towards grey
-        angle_jitter=0.1 + 0.5 * d,  # texture orientation jitter (rad)
-        period_jitter=0.05 + 0.25 * d,  # relative texture period jitter
-    )
-
-
-def _draw_shape(
-    canvas: np.ndarray,
-    value: int,
-    rng: np.random.Generator,
-    scale: Tuple[float, float],
-    kind: Optional[str] = None,
-) -> None:
-    """Draw one random filled shape with ``value`` into ``canvas``.
-
-    Args:
-        canvas (np.ndarray): ``(H, W)`` uint8 instance map, drawn in place.
-        value (int): Value written under the shape.
-        rng (np.random.Generator): Random generator.
-        scale (tuple[float, float]): Range of the shape size as a fraction
-            of the image size.
-        kind (str, optional): ``'rect'``, ``'ellipse'``, ``'polygon'`` or
-            ``'stripe'``; random when None. Defaults to None.
-    """
-    height, width = canvas.shape
-    if kind is None:
-        kind = ('rect', 'ellipse', 'polygon', 'stripe')[
-            int(rng.choice(4, p=(0.3, 0.3, 0.3, 0.1)))
-        ]
-    colour = (int(value),)
-    cy = rng.uniform(0.05, 0.95) * height
-    cx = rng.uniform(0.05, 0.95) * width
-    sh = rng.uniform(*scale) * height
-    sw = rng.uniform(*scale) * width
-    if kind == 'rect':
-        angle = 0.0 if rng.random() < 0.5 else rng.uniform(-30, 30)
-        box = cv2.boxPoints(((cx, cy), (sw, sh), angle))
-        cv2.fillPoly(canvas, [np.round(box).astype(np.int32)], colour)
-    elif kind == 'ellipse':
-        cv2.ellipse(
-            canvas,
-            (int(round(cx)), int(round(cy))),
-            (max(2, int(sw / 2)), max(2, int(sh / 2))),
-            float(rng.uniform(0, 180)),
-            0,
-            360,
-            colour,
-            -1,
-        )
-    elif kind == 'polygon':
-        num = int(rng.integers(3, 7))
-        # Roughly evenly spread vertices: no needle-like slivers.
-        theta = rng.uniform(0, 2 * math.pi) + (
-            np.arange(num) + rng.uniform(-0.3, 0.3, num)
-        ) * (2 * math.pi / num)
-        radius = rng.uniform(0.65, 1.0, num)
-        pts = np.stack(
-            [
-                cx + radius * np.cos(theta) * sw * 0.6,
-                cy + radius * np.sin(theta) * sh * 0.6,
-            ],
-            -1,
-        )
-        cv2.fillPoly(canvas, [np.round(pts).astype(np.int32)], colour)
-    elif kind == 'stripe':
-        angle = rng.uniform(0, math.pi)
-        length = max(height, width) * rng.uniform(0.6, 1.2)
-        dx, dy = math.cos(angle) * length / 2, math.sin(angle) * length / 2
-        thick = max(3, int(round(min(height, width) * rng.uniform(0.1, 0.2))))
-        cv2.line(
-            canvas,
-            (int(cx - dx), int(cy - dy)),
-            (int(cx + dx), int(cy + dy)),
-            colour,
-            thick,
-        )
-    else:
-        raise ValueError(f'unknown shape {kind!r}')
 
 
 def _class_schedule(
@@ -394,142 +156,6 @@ def _class_schedule(
         )
         out.append(int(rng.permutation(num_classes)[offset]))
     return out
-
-
-def render_scene(
-    size: Tuple[int, int],
-    classes: Sequence[int],
-    appearance: ClassAppearance,
-    rng: np.random.Generator,
-    difficulty: float = 0.5,
-    num_backgrounds: int = 2,
-    num_void: int = 0,
-    shape_scale: Tuple[float, float] = (0.25, 0.55),
-    dominant: bool = False,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Render one scene.
-
-    Args:
-        size (tuple[int, int]): ``(H, W)`` of the image.
-        classes (Sequence[int]): Classes of the scene (indices into
-            ``appearance``). The first ``num_backgrounds`` are backgrounds,
-            the others are shapes.
-        appearance (ClassAppearance): Appearance table of the classes.
-        rng (np.random.Generator): Random generator of this image.
-        difficulty (float): Nuisance strength in [0, 1]. Defaults to 0.5.
-        num_backgrounds (int): 1 (one background class) or 2 (two regions
-            split by a random slanted line). Defaults to 2.
-        num_void (int): Maximum number of small "void" blobs with a random
-            appearance, labelled -1. Defaults to 0.
-        shape_scale (tuple[float, float]): Range of the shape size as a
-            fraction of the image size. Defaults to (0.25, 0.55).
-        dominant (bool): Classification mode: ``classes[0]`` is the
-            dominant background, and shapes hidden by others are not
-            re-drawn. Defaults to False.
-
-    Returns:
-        tuple[np.ndarray, np.ndarray]: The ``(H, W, 3)`` uint8 RGB image and
-        the ``(H, W)`` int16 label map (class indices, -1 for void).
-    """
-    height, width = size
-    # Worst case: every class re-drawn once, plus the void blobs.
-    if 2 * len(classes) + num_void > 255:
-        raise ValueError('too many shapes for one scene (at most 255)')
-    prm = _difficulty_params(difficulty)
-    num_backgrounds = min(num_backgrounds, len(classes))
-    inst_cls = list(classes[:num_backgrounds])
-    inst = np.zeros((height, width), np.uint8)
-    if num_backgrounds == 2:
-        # Second background below a slanted line (e.g. sky over road).
-        y0, y1 = rng.uniform(0.3, 0.7, 2) * height
-        pts = np.array(
-            [[0, y0], [width - 1, y1], [width - 1, height], [0, height]]
-        )
-        cv2.fillPoly(inst, [np.round(pts).astype(np.int32)], (1,))
-
-    shapes = list(classes[num_backgrounds:])
-    order = rng.permutation(len(shapes))
-    for k in order:
-        inst_cls.append(shapes[k])
-        _draw_shape(inst, len(inst_cls) - 1, rng, shape_scale)
-
-    # Re-draw, on top, any scheduled class that ended up (almost) hidden.
-    min_pixels = max(16, int(0.01 * height * width))
-    if not dominant:
-        cls_arr = np.asarray(inst_cls)
-        counts = np.bincount(cls_arr[inst].ravel(), minlength=len(appearance))
-        for c in dict.fromkeys(classes):
-            if counts[c] < min_pixels:
-                inst_cls.append(c)
-                _draw_shape(
-                    inst,
-                    len(inst_cls) - 1,
-                    rng,
-                    (0.25, 0.35),
-                    rng.choice(('rect', 'ellipse')),
-                )
-
-    num_voids = int(rng.integers(0, num_void + 1)) if num_void else 0
-    for _ in range(num_voids):
-        inst_cls.append(-1)
-        _draw_shape(inst, len(inst_cls) - 1, rng, (0.06, 0.14), 'ellipse')
-
-    inst_cls = np.asarray(inst_cls, np.int64)
-    label = inst_cls[inst].astype(np.int16)
-
-    # Per-instance base colour: class mean (with contrast), a colour offset
-    # and a brightness gain; void blobs get a random colour.
-    grey = np.float32(128.0)
-    num_inst = len(inst_cls)
-    base = np.empty((num_inst, 3), np.float32)
-    valid = inst_cls >= 0
-    base[valid] = (
-        grey + (appearance.mean[inst_cls[valid]] - grey) * prm['contrast']
-    )
-    base[~valid] = rng.uniform(30, 225, (int((~valid).sum()), 3))
-    base += rng.normal(0, prm['shape_shift'], (num_inst, 3))
-    base *= 1 + rng.uniform(-1, 1, (num_inst, 1)) * prm['shape_gain']
-    base = base.astype(np.float32)
-
-    # Class textures (one phase per class and image): a scalar pattern per
-    # pixel that modulates the colour along the direction of its class.
-    tex_map = np.zeros((height, width), np.float32)
-    amp = np.zeros((num_inst, 3), np.float32)
-    for c in np.unique(inst_cls):
-        if c < 0:
-            tex = _texture('grain', 4.0, 0.0, height, width, rng)
-            amp[inst_cls == c] = 40.0 * rng.normal(size=3)
-        else:
-            period = appearance.period[c] * (
-                1 + rng.uniform(-1, 1) * prm['period_jitter']
-            )
-            angle = (
-                appearance.angle[c] + rng.uniform(-1, 1) * prm['angle_jitter']
-            )
-            tex = _texture(
-                appearance.texture[c],
-                float(period),
-                float(angle),
-                height,
-                width,
-                rng,
-            )
-            amp[inst_cls == c] = (
-                appearance.amplitude[c] * appearance.direction[c]
-            )
-        np.copyto(tex_map, tex, where=label == c)
-    image = base[inst]
-    image += tex_map[..., None] * amp[inst]
-
-    # Global nuisances: brightness, colour cast and pixel noise.
-    gain = 1 + rng.uniform(-1, 1) * prm['global_gain']
-    cast = rng.normal(0, prm['cast'], 3).astype(np.float32)
-    image = image * np.float32(gain) + cast
-    image += rng.standard_normal(image.shape, np.float32) * np.float32(
-        prm['noise']
-    )
-    image = np.clip(image + np.float32(0.5), 0, 255).astype(np.uint8)
-    return image, label
 
 
 def _boundary_mask(label: np.ndarray, width: int) -> np.ndarray:
@@ -575,79 +201,184 @@ def _check_size(size: Sequence[int]) -> Tuple[int, int]:
     return size
 
 
-def _prepare(
-    root: str,
-    params: dict,
-    subdirs: Sequence[str],
-    num_files: int,
-    force: bool,
-    manifest_name: str = MANIFEST_NAME,
-) -> Optional[dict]:
-    """Handle the manifest: return it if the dataset is up to date.
-
-    Otherwise remove the stale generated sub-directories (only when the
-    root holds one of our manifests, or ``force`` is set) and return None.
-    Shared with :mod:`.digits`, which passes its own ``manifest_name``.
-    """
-    manifest_path = osp.join(root, manifest_name)
-    old = None
-    if osp.isfile(manifest_path):
-        try:
-            with open(manifest_path, encoding='utf-8') as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = {}
-    if (
-        old is not None
-        and not force
-        and old.get('params') == params
-        and _count_files(root, subdirs) == num_files
-    ):
-        return old
-    existing = [
-        d
-        for d in subdirs
-        if osp.isdir(osp.join(root, d)) and os.listdir(osp.join(root, d))
-    ]
-    if existing and old is None and not force:
-        raise FileExistsError(
-            f'{root} already holds {existing} but no {manifest_name}; '
-            'pass force=True to overwrite it'
-        )
-    if osp.isfile(manifest_path):
-        os.remove(manifest_path)
-    for d in subdirs:
-        shutil.rmtree(osp.join(root, d), ignore_errors=True)
-    return None
-
-
-def _count_files(root: str, subdirs: Sequence[str]) -> int:
-    total = 0
-    for d in subdirs:
-        for _, _, files in os.walk(osp.join(root, d)):
-            total += len(files)
-    return total
-
-
-def _finish(
-    root: str,
-    params: dict,
-    summary: dict,
-    manifest_name: str = MANIFEST_NAME,
-) -> dict:
-    manifest = dict(params=params, summary=summary)
-    tmp = osp.join(root, manifest_name + '.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, osp.join(root, manifest_name))
-    return manifest
-
-
 def _result(manifest: dict, skipped: bool, seconds: float) -> dict:
     out = dict(manifest['summary'])
     out['skipped'] = skipped
     out['seconds'] = round(seconds, 3)
     return out
+
+
+def _params(
+    layout: str,
+    counts: Dict[str, int],
+    size: Tuple[int, int],
+    seed: int,
+    difficulty: float,
+    **options: int,
+) -> dict:
+    """The manifest's parameters: everything the written files depend on.
+
+    Args:
+        layout (str): Layout name.
+        counts (dict[str, int]): The arguments that set the image counts.
+        size (tuple[int, int]): ``(H, W)`` of the images.
+        seed (int): Dataset seed.
+        difficulty (float): Strength of noise and jitter.
+        **options (int): The layout's other (integer) arguments.
+
+    Returns:
+        dict: The parameters, in a fixed order (the manifest is compared
+        as written).
+    """
+    params = dict(layout=layout, version=GENERATOR_VERSION)
+    params.update({key: int(value) for key, value in counts.items()})
+    params.update(
+        size=list(size), seed=int(seed), difficulty=float(difficulty)
+    )
+    params.update({key: int(value) for key, value in options.items()})
+    return params
+
+
+class _Layout(NamedTuple):
+    """What differs between the written layouts; :func:`_generate` loops.
+
+    Image ``i`` of ``split`` is written to ``<root>/<image_dir>/<split
+    folder>/<group>/<stem><image_suffix>`` and its label map (if any) to
+    ``<root>/<ann_dir>/<split folder>/<group>/<stem><ann_suffix>``.
+
+    Attributes:
+        name (str): Layout name (manifest and summary).
+        counts (dict[str, int]): Number of images of each split.
+        split_dirs (dict[str, str]): Folder name of each split.
+        image_dir (str): Top folder of the images ('' for none).
+        ann_dir (str, optional): Top folder of the label maps; None when
+            no label maps are written.
+        subdirs (tuple[str, ...]): The generated top folders, removed when
+            the data set is regenerated.
+        groups (callable): ``split -> folders`` below the split folder
+            (created even when empty).
+        place (callable): ``(split, i) -> (group, stem)`` of image ``i``.
+        scene (callable): ``(split, i, rng) -> (classes, options)``: the
+            classes of the image and the keyword arguments of
+            :func:`render_scene` besides ``difficulty``.
+        image_suffix (str): End of the image file names.
+        ann_suffix (str): End of the label map file names.
+        encode (callable): Label map of :func:`render_scene` (class
+            indices, -1 for void) to the uint8 map written.
+        num_bins (int): Length of the per-split label histogram (values
+            above ``num_bins - 1`` are counted in the last bin).
+        jpeg_quality (int, optional): Images are JPEG of this quality
+            instead of PNG.
+    """
+
+    name: str
+    counts: Dict[str, int]
+    split_dirs: Dict[str, str]
+    image_dir: str
+    ann_dir: Optional[str]
+    subdirs: Tuple[str, ...]
+    groups: Callable[[str], Sequence[str]]
+    place: Callable[[str, int], Tuple[str, str]]
+    scene: Callable[[str, int, np.random.Generator], Tuple[List[int], dict]]
+    image_suffix: str = '.png'
+    ann_suffix: str = '.png'
+    encode: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    num_bins: int = 0
+    jpeg_quality: Optional[int] = None
+
+    def dirs(self, key: str) -> Dict[str, str]:
+        """Folders of ``key`` (``image_dir`` or ``ann_dir``) per split."""
+        top = getattr(self, key)
+        return {
+            split: f'{top}/{folder}' if top else folder
+            for split, folder in self.split_dirs.items()
+        }
+
+
+def _generate(
+    root: str,
+    params: dict,
+    layout: _Layout,
+    appearance: ClassAppearance,
+    info: dict,
+    pixels: Callable[[Dict[str, np.ndarray]], dict],
+    force: bool,
+) -> dict:
+    """Write the images (and label maps) of every split; the shared loop.
+
+    Args:
+        root (str): Dataset root.
+        params (dict): The generator's parameters (the manifest's key);
+            ``size``, ``seed`` and ``difficulty`` are read from it.
+        layout (_Layout): Names, scene and encoding of the layout.
+        appearance (ClassAppearance): Appearance table of the classes.
+        info (dict): Summary entries written after ``root`` and ``layout``.
+        pixels (callable): Per-split label histograms to the summary
+            entries that end the summary.
+        force (bool): Regenerate even if an up-to-date dataset exists.
+
+    Returns:
+        dict: The summary, with ``skipped`` and ``seconds``.
+    """
+    start = time.perf_counter()
+    per_image = 1 if layout.ann_dir is None else 2
+    num_files = per_image * sum(layout.counts.values())
+    old = prepare_root(
+        root, params, layout.subdirs, num_files, force, MANIFEST_NAME
+    )
+    if old is not None:
+        return _result(old, True, time.perf_counter() - start)
+
+    size, seed = tuple(params['size']), params['seed']
+    tops = [d for d in (layout.image_dir, layout.ann_dir) if d is not None]
+    hists = {}
+    for split, num in layout.counts.items():
+        folder = layout.split_dirs[split]
+        for top in tops:
+            for group in layout.groups(split):
+                os.makedirs(osp.join(root, top, folder, group), exist_ok=True)
+        hist = np.zeros(layout.num_bins, np.int64)
+        for i in range(num):
+            rng = _image_rng(seed, split, i)
+            classes, options = layout.scene(split, i, rng)
+            image, label = render_scene(
+                size,
+                classes,
+                appearance,
+                rng,
+                params['difficulty'],
+                **options,
+            )
+            group, stem = layout.place(split, i)
+            path = osp.join(root, layout.image_dir, folder, group, stem)
+            if layout.jpeg_quality is None:
+                _write_png(path + layout.image_suffix, image)
+            else:
+                _write_jpg(
+                    path + layout.image_suffix, image, layout.jpeg_quality
+                )
+            if layout.ann_dir is None:
+                continue
+            label = layout.encode(label)
+            path = osp.join(root, layout.ann_dir, folder, group, stem)
+            _write_png(path + layout.ann_suffix, label)
+            hist += np.bincount(
+                np.minimum(label.ravel(), layout.num_bins - 1),
+                minlength=layout.num_bins,
+            )
+        hists[split] = hist
+    summary = dict(root=osp.abspath(root), layout=layout.name, **info)
+    summary.update(
+        num_train=layout.counts['train'],
+        num_val=layout.counts['val'],
+        size=list(size),
+        img_dirs=layout.dirs('image_dir'),
+    )
+    if layout.ann_dir is not None:
+        summary['ann_dirs'] = layout.dirs('ann_dir')
+    summary.update(pixels(hists))
+    manifest = finish_manifest(root, params, summary, MANIFEST_NAME)
+    return _result(manifest, False, time.perf_counter() - start)
 
 
 def generate_cityscapes(
@@ -702,92 +433,66 @@ def generate_cityscapes(
         trainId), ``ignore_pixels`` (per split), ``skipped`` (whether an
         existing dataset was reused) and ``seconds``.
     """
-    start = time.perf_counter()
     size = _check_size(size)
-    params = dict(
-        layout='cityscapes',
-        version=GENERATOR_VERSION,
-        num_train=int(num_train),
-        num_val=int(num_val),
-        size=list(size),
-        seed=int(seed),
-        difficulty=float(difficulty),
-        num_shapes=int(num_shapes),
-        ignore_width=int(ignore_width),
-        num_void=int(num_void),
+    params = _params(
+        'cityscapes',
+        dict(num_train=num_train, num_val=num_val),
+        size,
+        seed,
+        difficulty,
+        num_shapes=num_shapes,
+        ignore_width=ignore_width,
+        num_void=num_void,
     )
-    subdirs = ('leftImg8bit', 'gtFine')
-    counts = dict(train=int(num_train), val=int(num_val))
-    old = _prepare(root, params, subdirs, 2 * sum(counts.values()), force)
-    if old is not None:
-        return _result(old, True, time.perf_counter() - start)
-
     num_classes = len(CITYSCAPES_CLASSES)
-    appearance = class_appearance(num_classes, _APPEARANCE_SEEDS['cityscapes'])
     cities = dict(train=_CITYSCAPES_TRAIN_CITIES, val=_CITYSCAPES_VAL_CITIES)
-    class_pixels, ignore_pixels = {}, {}
-    for split, num in counts.items():
-        hist = np.zeros(num_classes + 1, np.int64)
-        for d in subdirs:
-            for city in cities[split]:
-                os.makedirs(osp.join(root, d, split, city), exist_ok=True)
-        for i in range(num):
-            rng = _image_rng(seed, split, i)
-            classes = _class_schedule(
-                num_classes, num_shapes + 2, i, seed, split
-            )
-            image, label = render_scene(
-                size,
-                classes,
-                appearance,
-                rng,
-                difficulty,
-                num_backgrounds=2,
-                num_void=num_void,
-            )
-            label = label.astype(np.int64)
-            if ignore_width > 0:
-                label[_boundary_mask(label, ignore_width)] = -1
-            label = np.where(label < 0, 255, label).astype(np.uint8)
-            city = cities[split][i % len(cities[split])]
-            stem = f'{city}_{i:06d}_000019'
-            _write_png(
-                osp.join(
-                    root, 'leftImg8bit', split, city, stem + '_leftImg8bit.png'
-                ),
-                image,
-            )
-            _write_png(
-                osp.join(
-                    root,
-                    'gtFine',
-                    split,
-                    city,
-                    stem + '_gtFine_labelTrainIds.png',
-                ),
-                label,
-            )
-            hist += np.bincount(
-                np.minimum(label.ravel(), num_classes),
-                minlength=num_classes + 1,
-            )
-        class_pixels[split] = hist[:num_classes].tolist()
-        ignore_pixels[split] = int(hist[num_classes])
-    summary = dict(
-        root=osp.abspath(root),
-        layout='cityscapes',
+
+    def place(split, i):
+        city = cities[split][i % len(cities[split])]
+        return city, f'{city}_{i:06d}_000019'
+
+    def scene(split, i, rng):
+        schedule = _class_schedule(
+            num_classes, num_shapes + 2, i, params['seed'], split
+        )
+        return schedule, dict(num_backgrounds=2, num_void=num_void)
+
+    def encode(label):
+        label = label.astype(np.int64)
+        if ignore_width > 0:
+            label[_boundary_mask(label, ignore_width)] = -1
+        return np.where(label < 0, 255, label).astype(np.uint8)
+
+    def pixels(hists):
+        return dict(
+            class_pixels={
+                s: h[:num_classes].tolist() for s, h in hists.items()
+            },
+            ignore_pixels={s: int(h[num_classes]) for s, h in hists.items()},
+        )
+
+    layout = _Layout(
+        name='cityscapes',
+        counts=dict(train=int(num_train), val=int(num_val)),
+        split_dirs=dict(train='train', val='val'),
+        image_dir='leftImg8bit',
+        ann_dir='gtFine',
+        subdirs=('leftImg8bit', 'gtFine'),
+        groups=cities.__getitem__,
+        place=place,
+        scene=scene,
+        image_suffix='_leftImg8bit.png',
+        ann_suffix='_gtFine_labelTrainIds.png',
+        encode=encode,
+        # trainIds, and everything else (255) in the last bin.
+        num_bins=num_classes + 1,
+    )
+    info = dict(
         classes=list(CITYSCAPES_CLASSES),
         palette=[list(p) for p in CITYSCAPES_PALETTE],
-        num_train=counts['train'],
-        num_val=counts['val'],
-        size=list(size),
-        img_dirs={s: f'leftImg8bit/{s}' for s in counts},
-        ann_dirs={s: f'gtFine/{s}' for s in counts},
-        class_pixels=class_pixels,
-        ignore_pixels=ignore_pixels,
     )
-    manifest = _finish(root, params, summary)
-    return _result(manifest, False, time.perf_counter() - start)
+    appearance = class_appearance(num_classes, _APPEARANCE_SEEDS['cityscapes'])
+    return _generate(root, params, layout, appearance, info, pixels, force)
 
 
 def generate_ade20k(
@@ -836,7 +541,6 @@ def generate_ade20k(
         relative to ``root``), ``class_pixels`` (per split, pixels of each
         label 0..150), ``skipped`` and ``seconds``.
     """
-    start = time.perf_counter()
     size = _check_size(size)
     used = (
         ADE20K_NUM_CLASSES
@@ -845,75 +549,56 @@ def generate_ade20k(
     )
     if not 1 <= used <= ADE20K_NUM_CLASSES:
         raise ValueError(f'num_used_classes must be in [1, 150], got {used}')
-    params = dict(
-        layout='ade20k',
-        version=GENERATOR_VERSION,
-        num_train=int(num_train),
-        num_val=int(num_val),
-        size=list(size),
-        seed=int(seed),
-        difficulty=float(difficulty),
+    params = _params(
+        'ade20k',
+        dict(num_train=num_train, num_val=num_val),
+        size,
+        seed,
+        difficulty,
         num_used_classes=used,
-        num_shapes=int(num_shapes),
-        num_other=int(num_other),
+        num_shapes=num_shapes,
+        num_other=num_other,
+        jpeg_quality=jpeg_quality,
+    )
+    prefixes = dict(train='ADE_train', val='ADE_val')
+
+    def scene(split, i, rng):
+        schedule = _class_schedule(
+            used, num_shapes + 1, i, params['seed'], split
+        )
+        return schedule, dict(num_backgrounds=1, num_void=num_other)
+
+    def encode(label):
+        # Class index k -> label k + 1; void (-1) -> 0 ("other").
+        return (label + 1).astype(np.uint8)
+
+    layout = _Layout(
+        name='ade20k',
+        counts=dict(train=int(num_train), val=int(num_val)),
+        split_dirs=dict(train='training', val='validation'),
+        image_dir='images',
+        ann_dir='annotations',
+        subdirs=('images', 'annotations'),
+        groups=lambda split: ('',),
+        place=lambda split, i: ('', f'{prefixes[split]}_{i + 1:08d}'),
+        scene=scene,
+        image_suffix='.jpg',
+        encode=encode,
+        num_bins=ADE20K_NUM_CLASSES + 1,
         jpeg_quality=int(jpeg_quality),
     )
-    subdirs = ('images', 'annotations')
-    splits = dict(
-        train=('training', 'ADE_train', int(num_train)),
-        val=('validation', 'ADE_val', int(num_val)),
-    )
-    total = 2 * (int(num_train) + int(num_val))
-    old = _prepare(root, params, subdirs, total, force)
-    if old is not None:
-        return _result(old, True, time.perf_counter() - start)
-
     appearance = class_appearance(used, _APPEARANCE_SEEDS['ade20k'])
-    class_pixels = {}
-    for split, (dirname, prefix, num) in splits.items():
-        hist = np.zeros(ADE20K_NUM_CLASSES + 1, np.int64)
-        for d in subdirs:
-            os.makedirs(osp.join(root, d, dirname), exist_ok=True)
-        for i in range(num):
-            rng = _image_rng(seed, split, i)
-            classes = _class_schedule(used, num_shapes + 1, i, seed, split)
-            image, label = render_scene(
-                size,
-                classes,
-                appearance,
-                rng,
-                difficulty,
-                num_backgrounds=1,
-                num_void=num_other,
-            )
-            # Class index k -> label k + 1; void (-1) -> 0 ("other").
-            label = (label + 1).astype(np.uint8)
-            stem = f'{prefix}_{i + 1:08d}'
-            _write_jpg(
-                osp.join(root, 'images', dirname, stem + '.jpg'),
-                image,
-                jpeg_quality,
-            )
-            _write_png(
-                osp.join(root, 'annotations', dirname, stem + '.png'), label
-            )
-            hist += np.bincount(
-                label.ravel(), minlength=ADE20K_NUM_CLASSES + 1
-            )
-        class_pixels[split] = hist.tolist()
-    summary = dict(
-        root=osp.abspath(root),
-        layout='ade20k',
-        num_used_classes=used,
-        num_train=splits['train'][2],
-        num_val=splits['val'][2],
-        size=list(size),
-        img_dirs={s: f'images/{v[0]}' for s, v in splits.items()},
-        ann_dirs={s: f'annotations/{v[0]}' for s, v in splits.items()},
-        class_pixels=class_pixels,
+    return _generate(
+        root,
+        params,
+        layout,
+        appearance,
+        dict(num_used_classes=used),
+        lambda hists: dict(
+            class_pixels={s: h.tolist() for s, h in hists.items()}
+        ),
+        force,
     )
-    manifest = _finish(root, params, summary)
-    return _result(manifest, False, time.perf_counter() - start)
 
 
 def generate_imagefolder(
@@ -956,62 +641,60 @@ def generate_imagefolder(
         ``num_train``, ``num_val``, ``img_dirs`` (per split, relative to
         ``root``), ``skipped`` and ``seconds``.
     """
-    start = time.perf_counter()
     size = _check_size(size)
     if num_classes < 2:
         raise ValueError(f'num_classes must be >= 2, got {num_classes}')
-    params = dict(
-        layout='imagefolder',
-        version=GENERATOR_VERSION,
-        num_classes=int(num_classes),
-        per_class_train=int(per_class_train),
-        per_class_val=int(per_class_val),
-        size=list(size),
-        seed=int(seed),
-        difficulty=float(difficulty),
-        num_distractors=int(num_distractors),
+    params = _params(
+        'imagefolder',
+        dict(
+            num_classes=num_classes,
+            per_class_train=per_class_train,
+            per_class_val=per_class_val,
+        ),
+        size,
+        seed,
+        difficulty,
+        num_distractors=num_distractors,
     )
-    subdirs = ('train', 'val')
     per_class = dict(train=int(per_class_train), val=int(per_class_val))
-    total = num_classes * sum(per_class.values())
-    old = _prepare(root, params, subdirs, total, force)
-    if old is not None:
-        return _result(old, True, time.perf_counter() - start)
+    names = [f'class_{c:03d}' for c in range(num_classes)]
 
+    def place(split, i):
+        c, j = divmod(i, per_class[split])
+        return names[c], f'{j:05d}'
+
+    def scene(split, i, rng):
+        # Images are numbered class by class: the class is the background.
+        c = i // per_class[split]
+        others = [k for k in range(num_classes) if k != c]
+        distract = rng.choice(
+            others, int(rng.integers(0, num_distractors + 1))
+        )
+        options = dict(
+            num_backgrounds=1, shape_scale=(0.15, 0.35), dominant=True
+        )
+        return [c] + [int(k) for k in distract], options
+
+    layout = _Layout(
+        name='imagefolder',
+        counts={s: num_classes * n for s, n in per_class.items()},
+        split_dirs=dict(train='train', val='val'),
+        image_dir='',
+        ann_dir=None,
+        subdirs=('train', 'val'),
+        groups=lambda split: names,
+        place=place,
+        scene=scene,
+    )
     appearance = class_appearance(
         num_classes, _APPEARANCE_SEEDS['imagefolder']
     )
-    names = [f'class_{c:03d}' for c in range(num_classes)]
-    for split, num in per_class.items():
-        for c, name in enumerate(names):
-            folder = osp.join(root, split, name)
-            os.makedirs(folder, exist_ok=True)
-            for j in range(num):
-                index = c * num + j
-                rng = _image_rng(seed, split, index)
-                others = [k for k in range(num_classes) if k != c]
-                distract = rng.choice(
-                    others, int(rng.integers(0, num_distractors + 1))
-                )
-                image, _ = render_scene(
-                    size,
-                    [c] + [int(k) for k in distract],
-                    appearance,
-                    rng,
-                    difficulty,
-                    num_backgrounds=1,
-                    shape_scale=(0.15, 0.35),
-                    dominant=True,
-                )
-                _write_png(osp.join(folder, f'{j:05d}.png'), image)
-    summary = dict(
-        root=osp.abspath(root),
-        layout='imagefolder',
-        classes=names,
-        num_train=num_classes * per_class['train'],
-        num_val=num_classes * per_class['val'],
-        size=list(size),
-        img_dirs={s: s for s in per_class},
+    return _generate(
+        root,
+        params,
+        layout,
+        appearance,
+        dict(classes=names),
+        lambda hists: {},
+        force,
     )
-    manifest = _finish(root, params, summary)
-    return _result(manifest, False, time.perf_counter() - start)

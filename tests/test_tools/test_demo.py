@@ -1,4 +1,4 @@
-"""The main job's library function: ``run_segmentation_demo``.
+"""The main job's function: ``tools.demo.segmentation_demo``.
 
 The real demo trains 300 iterations on 200 images of 128x256; here two
 iterations on 8 + 4 generated images of 64x128 check that every step runs:
@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mmrevnet.apis.demo import run_segmentation_demo
-from mmrevnet.apis.logs import read_scalars
+from tools.demo.logs import read_scalars
+from tools.demo.segmentation_demo import run_segmentation_demo
 
 from .helpers import REPO
 

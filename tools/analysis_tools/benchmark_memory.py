@@ -21,8 +21,14 @@ import tempfile
 
 import torch
 
-import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
-from mmrevnet.analysis.benchmark import (
+# benchmarks/ is not installed with mmrevnet: import it from the checkout
+# this script belongs to.
+_REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import mmrevnet  # noqa: E402,F401  (shims and registration before mmseg loads)
+from benchmarks.benchmark import (  # noqa: E402
     HEADS,
     VARIANTS,
     markdown_table,

@@ -1,6 +1,6 @@
 """Memory-saving vs plain gradients of MRevNetV1c at fp32 / fp16 / bf16.
 
-Runs :func:`mmrevnet.analysis.precision.compare_gradients` for each
+Runs :func:`benchmarks.precision.compare_gradients` for each
 precision (fp32 twice on CUDA: deterministic cuDNN, then
 ``cudnn.benchmark=True`` as mmseg's configs set it) and an fp16 loss-scale
 overflow check, and writes ``precision.json`` and ``precision.md``.
@@ -14,11 +14,18 @@ import argparse
 import json
 import os
 import os.path as osp
+import sys
 
 import torch
 
-import mmrevnet  # noqa: F401  (registration and shims)
-from mmrevnet.analysis.precision import (
+# benchmarks/ is not installed with mmrevnet: import it from the checkout
+# this script belongs to.
+_REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import mmrevnet  # noqa: E402,F401  (registration and shims)
+from benchmarks.precision import (  # noqa: E402
     compare_gradients,
     loss_scale_overflow,
     markdown_table,

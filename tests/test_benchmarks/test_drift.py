@@ -1,9 +1,9 @@
-"""mmrevnet.analysis.drift: the drift-table tool."""
+"""benchmarks.drift: the drift-table study."""
 
 import pytest
 import torch
 
-from mmrevnet.analysis import format_table, measure_drift
+from benchmarks.drift import format_table, measure_drift
 
 
 def _small(**kwargs):

@@ -1,4 +1,8 @@
-"""The CPU demo (the README's main job): data, training, mIoU, overlays."""
+"""The CPU demo (the README's main job): data, training, mIoU, overlays.
+
+Run by ``tools/run_demo.py`` (``bash tools/demo.sh``). It lives beside its
+command, not in the library: it reads the demo configs of this checkout.
+"""
 
 import glob
 import os.path as osp
@@ -8,7 +12,7 @@ from typing import Dict, Optional
 
 from mmengine.config import Config
 
-#: The repository root (configs/ lives there, next to the package).
+#: The repository root: the demo configs are read from this checkout.
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = (
     'configs/demo/'
@@ -89,9 +93,10 @@ def run_segmentation_demo(
         dict: ``data`` (generator summary), ``runs`` (per model: metrics,
         checkpoint, seconds), ``overlays`` (files), ``curve`` (PNG).
     """
-    from mmrevnet.apis.inference import save_overlays
-    from mmrevnet.apis.logs import plot_training_curve
     from mmrevnet.datasets.synthetic import generate_cityscapes
+
+    from .logs import plot_training_curve
+    from .overlays import save_overlays
 
     data_cfg = dict(DEMO_DATA, **(data or {}))
     summary = dict(data=generate_cityscapes(data_root, **data_cfg), runs={})

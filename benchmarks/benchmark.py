@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .memory import SavedTensorCounter, cuda_peak_memory
+from mmrevnet.analysis.memory import SavedTensorCounter, cuda_peak_memory
 
 #: Backbone variants compared: name -> backbone overrides.
 VARIANTS = {

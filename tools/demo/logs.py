@@ -1,4 +1,4 @@
-"""Training curves from MMEngine's ``vis_data/scalars.json`` logs."""
+"""Training curves of the CPU demo from MMEngine's ``scalars.json`` logs."""
 
 import json
 import os.path as osp

@@ -1,4 +1,8 @@
-"""Prediction overlays with mmseg's own inference API and visualizer."""
+"""Prediction overlays of the CPU demo, with mmseg's own inference API.
+
+``tools/demo/image_demo.py`` does the same for one image from the command
+line; users call mmseg's ``init_model`` / ``inference_model`` directly.
+"""
 
 import os
 import os.path as osp

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrevnet.analysis.benchmark import (
+from benchmarks.benchmark import (
     BASELINE,
     markdown_table,
     plot,

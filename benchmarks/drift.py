@@ -11,7 +11,7 @@ input gradient is from plain autograd.
 
 Run as a script to print the table::
 
-    python -m mmrevnet.analysis.drift
+    python -m benchmarks.drift   # from the repository root
 """
 
 import copy

@@ -1,4 +1,4 @@
-"""mmrevnet.analysis.toy_dynamics: the toy results on a reduced budget.
+"""benchmarks.toy_dynamics: the toy results on a reduced budget.
 
 The full protocol (1000 steps, every learning rate, 3-5 seeds) takes
 minutes; these tests train a few seeds at one learning rate for a few
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from mmrevnet.analysis import toy_dynamics as toy
+from benchmarks import toy_dynamics as toy
 from mmrevnet.reversible import MomentumSequential
 
 ROOT = Path(__file__).resolve().parents[2]

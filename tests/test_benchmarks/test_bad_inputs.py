@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from mmrevnet.analysis.bad_inputs import CASES, run_case
+from benchmarks.bad_inputs import CASES, run_case
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.what for c in CASES])
