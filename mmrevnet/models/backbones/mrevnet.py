@@ -339,7 +339,10 @@ def _record_residual_fn(module, state_dict, prefix, local_metadata) -> None:
     local_metadata[_RESIDUAL_FN_MARK] = module.residual_fn
 
 
-def _check_stem_layout(module, keys, strict: bool) -> None:
+def _check_stem_layout(module, keys) -> None:
+    # Refused even for a non-strict load: torch passes strict=True to every
+    # hook whatever the caller asked, and a "pretrained" network whose stem
+    # stayed at its initialisation is never what was meant.
     deep = 'stem.0.weight' in keys
     plain = 'conv1.weight' in keys
     if deep == plain or deep == module.deep_stem:
@@ -350,14 +353,11 @@ def _check_stem_layout(module, keys, strict: bool) -> None:
     else:
         found = 'a deep stem (stem.*, ResNetV1c/V1d layout)'
         fix = 'MRevNetV1c or MRevNetV1d'
-    message = (
+    raise ValueError(
         f'the checkpoint has {found} but this {type(module).__name__} has '
         f'deep_stem={module.deep_stem}: its stem would stay at its '
         f'initialisation. Build {fix} for these weights.'
     )
-    if strict:
-        raise ValueError(message)
-    warnings.warn(message)
 
 
 def _warn_residual_fn(module, keys, local_metadata) -> None:
@@ -407,7 +407,7 @@ def _map_resnet_keys(
     :mod:`mmrevnet.models.convert`; every other key is left to the usual
     strict or non-strict check. A checkpoint whose stem is of the other
     layout (torchvision's 7x7 stem into a deep-stem backbone) is refused
-    when loading strictly and warned about otherwise.
+    with :class:`ValueError` naming the variant to build.
     """
     # convert.py imports the backbones; import it when loading, not before.
     from mmrevnet.models.convert import detect_source, rename_keys
@@ -424,7 +424,7 @@ def _map_resnet_keys(
         state_dict.update(
             (prefix + key, value) for key, value in local.items()
         )
-    _check_stem_layout(module, local, strict)
+    _check_stem_layout(module, local)
     _warn_residual_fn(module, list(local), local_metadata)
 
 
