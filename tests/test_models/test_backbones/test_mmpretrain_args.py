@@ -321,3 +321,29 @@ def test_mrevnet_weights_with_another_residual_fn_warn(tmp_path):
     )
     with pytest.warns(UserWarning, match="residual_fn='block', but this"):
         load_checkpoint(MRevNetV1c(depth=18), path, strict=True)
+
+
+def test_mmpretrain_rsb_recipe_builds_with_only_the_type_changed(tmp_path):
+    """mmpretrain's RSB A1 recipe (drop_path_rate=0.05): swap the type."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+
+    config = tmp_path / 'rsb.py'
+    config.write_text(
+        "_base_ = 'mmpretrain::resnet/resnet50_8xb256-rsb-a1-600e_in1k.py'\n"
+        "custom_imports = dict(imports=['mmrevnet'])\n"
+        "model = dict(backbone=dict(type='MRevNet'))\n"
+    )
+    cfg = Config.fromfile(str(config))
+    assert cfg.model.backbone.drop_path_rate == 0.05
+    cfg.model.backbone.norm_cfg = dict(type='BN', requires_grad=True)
+    init_default_scope('mmpretrain')
+    model = MODELS.build(cfg.model)
+    assert type(model.backbone).__name__ == 'MRevNet'
+    assert model.backbone.residual_fn == 'branch'  # trained from scratch
+    # float32 linspace, as in mmpretrain (see the rates test above)
+    assert model.backbone.layer4[2].drop_path.drop_prob == pytest.approx(0.05)
+    model.train()
+    feats = model.extract_feat(torch.randn(2, 3, 64, 64))
+    assert feats[0].shape == (2, 2048)
