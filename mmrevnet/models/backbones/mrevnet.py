@@ -389,6 +389,42 @@ def _warn_residual_fn(module, keys, local_metadata) -> None:
         )
 
 
+def map_resnet_keys(module, state_dict, prefix: str = '') -> OrderedDict:
+    """Rename mmpretrain's / torchvision's ResNet keys, in place.
+
+    mmpretrain's deep stem (``stem.<i>.conv``/``stem.<i>.bn``, and V1d's
+    pool-less stride-one downsample) becomes mmseg's keys and
+    torchvision's classifier ``fc`` is dropped, with the renaming of
+    :mod:`mmrevnet.models.convert`; other keys are left alone.
+
+    Args:
+        module (MRevNet): The backbone the weights are for.
+        state_dict (dict): Checkpoint tensors; changed in place.
+        prefix (str): Where the backbone's keys start in ``state_dict``.
+            Defaults to ''.
+
+    Returns:
+        OrderedDict: The backbone's tensors after renaming, without
+        ``prefix``.
+    """
+    # convert.py imports the backbones; import it when loading, not before.
+    from mmrevnet.models.convert import detect_source, rename_keys
+
+    names = [key for key in state_dict if key.startswith(prefix)]
+    local = OrderedDict((key[len(prefix) :], state_dict[key]) for key in names)
+    if not local:
+        return local
+    source = detect_source(local)
+    if source != 'mmseg':
+        local, _, _ = rename_keys(local, source, avg_down=module.avg_down)
+        for key in names:
+            del state_dict[key]
+        state_dict.update(
+            (prefix + key, value) for key, value in local.items()
+        )
+    return local
+
+
 def _map_resnet_keys(
     module,
     state_dict,
@@ -401,29 +437,14 @@ def _map_resnet_keys(
 ) -> None:
     """Load pre-hook: read mmpretrain's and torchvision's ResNet layouts.
 
-    mmpretrain's deep stem (``stem.<i>.conv``/``stem.<i>.bn``, and V1d's
-    pool-less stride-one downsample) is renamed to mmseg's keys, and
-    torchvision's classifier ``fc`` is dropped, with the renaming of
-    :mod:`mmrevnet.models.convert`; every other key is left to the usual
-    strict or non-strict check. A checkpoint whose stem is of the other
-    layout (torchvision's 7x7 stem into a deep-stem backbone) is refused
-    with :class:`ValueError` naming the variant to build.
+    Renames with :func:`map_resnet_keys`; every other key is left to the
+    usual strict or non-strict check. A checkpoint whose stem is of the
+    other layout (torchvision's 7x7 stem into a deep-stem backbone) is
+    refused with :class:`ValueError` naming the variant to build.
     """
-    # convert.py imports the backbones; import it when loading, not before.
-    from mmrevnet.models.convert import detect_source, rename_keys
-
-    names = [key for key in state_dict if key.startswith(prefix)]
-    local = OrderedDict((key[len(prefix) :], state_dict[key]) for key in names)
+    local = map_resnet_keys(module, state_dict, prefix)
     if not local:
         return
-    source = detect_source(local)
-    if source != 'mmseg':
-        local, _, _ = rename_keys(local, source, avg_down=module.avg_down)
-        for key in names:
-            del state_dict[key]
-        state_dict.update(
-            (prefix + key, value) for key, value in local.items()
-        )
     _check_stem_layout(module, local)
     _warn_residual_fn(module, list(local), local_metadata)
 
