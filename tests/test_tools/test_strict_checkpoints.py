@@ -84,3 +84,25 @@ def test_test_tool_refuses_misfitting_checkpoints(data_roots, tmp_path):
     # ... accepted when asked for.
     result = _test_tool(depth34, options, tmp_path, '--non-strict')
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_train_tool_refuses_misfitting_load_from(data_roots, tmp_path):
+    options = tiny_options(HEAD, LAYOUT, data_roots[LAYOUT])
+    deeper = dict(options, **{'model.backbone.depth': 34})
+    depth34 = tmp_path / 'depth34.pth'
+    torch.save({'state_dict': _segmentor(deeper).state_dict()}, depth34)
+    args = [
+        sys.executable,
+        'tools/train.py',
+        config_path(HEAD, LAYOUT),
+        '--work-dir',
+        str(tmp_path / 'train'),
+        '--cfg-options',
+        *cli_options(dict(options, load_from=str(depth34))),
+    ]
+    result = subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert 'does not fit the model' in result.stderr
+    assert '--non-strict' in result.stderr
