@@ -1,5 +1,6 @@
 """mmpretrain's ResNet arguments, checkpoint layouts and the warm start."""
 
+import copy
 import warnings
 
 import pytest
@@ -347,3 +348,30 @@ def test_mmpretrain_rsb_recipe_builds_with_only_the_type_changed(tmp_path):
     model.train()
     feats = model.extract_feat(torch.randn(2, 3, 64, 64))
     assert feats[0].shape == (2, 2048)
+
+
+def test_readme_swap_builds_block_for_the_inherited_pretrained(tmp_path):
+    """mmseg's config keeps pretrained='open-mmlab://resnet50_v1c'."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    config = tmp_path / 'swap.py'
+    config.write_text(
+        "_base_ = 'mmseg::pspnet/pspnet_r50-d8_4xb2-80k_cityscapes-"
+        "512x1024.py'\n"
+        "custom_imports = dict(imports=['mmrevnet'])\n"
+        "model = dict(backbone=dict(type='MRevNetV1c'))\n"
+    )
+    cfg = Config.fromfile(str(config))
+    assert cfg.model.pretrained == 'open-mmlab://resnet50_v1c'
+    cfg.model.backbone.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.model.auxiliary_head.norm_cfg = dict(type='BN', requires_grad=True)
+    init_default_scope('mmseg')
+    with pytest.warns(UserWarning, match='pretrained is a deprecated'):
+        # EncoderDecoder writes pretrained into the backbone dict it gets.
+        model = MODELS.build(copy.deepcopy(cfg.model))
+    assert model.backbone.residual_fn == 'block'
+    cfg.model.pretrained = None
+    assert MODELS.build(cfg.model).backbone.residual_fn == 'branch'
