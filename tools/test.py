@@ -29,7 +29,9 @@ def parse_args():
     )
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument(
-        '--out', help='directory where predictions are saved as PNG'
+        '--out',
+        help='segmentation: directory where predictions are saved as PNG; '
+        'classification: a .pkl file of the predictions',
     )
     parser.add_argument(
         '--show-dir', help='directory where painted images are saved'
