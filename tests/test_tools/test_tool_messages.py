@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -107,3 +108,19 @@ def test_dataset_generator_help_shows_defaults():
     text = ' '.join(result.stdout.split())
     assert 'default: cityscapes 16, ade20k 16, imagefolder 8' in text
     assert '(default: 0.5)' in text and '(default: None)' not in text
+
+
+@pytest.mark.slow
+def test_run_demo_with_fewer_iterations_than_the_log_interval(tmp_path):
+    """The demo logs every 10 iterations; 3 used to leave no scalars.json."""
+    result = _run(
+        'tools/run_demo.py',
+        '--max-iters',
+        3,
+        '--work-dir',
+        tmp_path / 'work',
+        '--data-root',
+        tmp_path / 'data',
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert osp.isfile(tmp_path / 'work' / 'training_curve.png')
