@@ -6,21 +6,35 @@ Example:
 
 import argparse
 import os
+import sys
 
 from mmengine.config import DictAction
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
 from mmrevnet.engine import build_test_config, init_cpu_launcher
+from mmrevnet.engine.strict_loading import (
+    CheckpointMismatchError,
+    strict_loading,
+)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Test a checkpoint')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--non-strict',
+        action='store_true',
+        help='accept a checkpoint that does not fill the model exactly '
+        '(missing, unexpected or size-mismatched keys are only logged)',
+    )
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument(
-        '--out', help='directory where predictions are saved as PNG'
+        '--out',
+        help='segmentation: directory where predictions are saved as PNG; '
+        'classification: a .pkl file of the predictions',
     )
     parser.add_argument(
         '--show-dir', help='directory where painted images are saved'
@@ -57,7 +71,18 @@ def main():
     )
     init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
-    runner.test()
+    model = (
+        runner.model.module
+        if is_model_wrapper(runner.model)
+        else (runner.model)
+    )
+    try:
+        with strict_loading(
+            model, strict=not args.non_strict, name=args.checkpoint
+        ):
+            runner.test()
+    except CheckpointMismatchError as error:
+        sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':

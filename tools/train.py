@@ -7,12 +7,18 @@ Example:
 
 import argparse
 import os
+import sys
 
 from mmengine.config import DictAction
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
 from mmrevnet.engine import build_train_config, init_cpu_launcher
+from mmrevnet.engine.strict_loading import (
+    CheckpointMismatchError,
+    strict_loading,
+)
 
 
 def parse_args():
@@ -26,6 +32,12 @@ def parse_args():
         const='auto',
         help='resume from the latest checkpoint in the work_dir, or from '
         'the given checkpoint',
+    )
+    parser.add_argument(
+        '--non-strict',
+        action='store_true',
+        help='accept a load_from / resume checkpoint that does not fill the '
+        'model exactly (e.g. another number of classes)',
     )
     parser.add_argument(
         '--amp',
@@ -65,7 +77,20 @@ def main():
     )
     init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
-    runner.train()
+    model = (
+        runner.model.module
+        if is_model_wrapper(runner.model)
+        else (runner.model)
+    )
+    try:
+        with strict_loading(
+            model,
+            strict=not args.non_strict,
+            name=cfg.get('load_from') or '',
+        ):
+            runner.train()
+    except CheckpointMismatchError as error:
+        sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':

@@ -90,6 +90,26 @@ def _prepare_launcher(cfg: Config, launcher: str) -> None:
         wrapper['type'] = 'MRevNetCPUDistributedDataParallel'
 
 
+def _add_output(cfg: Config, out: str) -> None:
+    evaluators = cfg.test_evaluator
+    if isinstance(evaluators, dict) and evaluators.get('type') == 'IoUMetric':
+        evaluators['output_dir'] = out
+        evaluators['keep_results'] = True
+        return
+    # Only mmseg's IoUMetric takes output_dir; mmpretrain's tools dump the
+    # predictions with DumpResults instead.
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ValueError(
+            f'--out must be a .pkl or .pickle file for the evaluator(s) '
+            f'{evaluators!r} (a directory only for IoUMetric), got {out!r}'
+        )
+    if isinstance(evaluators, dict):
+        evaluators = [evaluators]
+    cfg.test_evaluator = list(evaluators) + [
+        dict(type='DumpResults', out_file_path=out)
+    ]
+
+
 def build_train_config(
     config: str,
     work_dir: Optional[str] = None,
@@ -127,6 +147,15 @@ def build_train_config(
     if amp:
         _enable_amp(cfg)
     if resume is True:
+        from mmengine.runner import find_latest_checkpoint
+
+        # mmengine would log "Auto resumed from the latest checkpoint None"
+        # and start from scratch; say what happens instead.
+        if find_latest_checkpoint(cfg.work_dir) is None:
+            print(
+                f'--resume: no checkpoint found in {cfg.work_dir} (no '
+                f'last_checkpoint file); training starts from scratch'
+            )
         cfg.resume = True
         cfg.load_from = None
     elif resume:
@@ -152,8 +181,10 @@ def build_test_config(
         config (str): Config file.
         checkpoint (str): Checkpoint to evaluate.
         work_dir (str, optional): Where logs and metrics go.
-        out (str, optional): Directory for segmentation predictions saved
-            by mmseg's ``IoUMetric`` (``output_dir``, format only off).
+        out (str, optional): Segmentation (``IoUMetric``): directory for
+            the predictions as PNG (``output_dir``, format only off).
+            Other evaluators (classification): a ``.pkl`` file of the
+            predictions, written by mmengine's ``DumpResults``.
         show_dir (str, optional): Directory for painted predictions.
         cfg_options (dict, optional): Overrides, as ``--cfg-options``.
         launcher (str): 'none', 'pytorch', 'slurm' or 'mpi'.
@@ -179,8 +210,7 @@ def build_test_config(
         hooks.visualization.interval = 1
         cfg.visualizer.save_dir = show_dir
     if out is not None:
-        cfg.test_evaluator['output_dir'] = out
-        cfg.test_evaluator['keep_results'] = True
+        _add_output(cfg, out)
     _use_safe_loading_runner(cfg)
     _prepare_launcher(cfg, launcher)
     return cfg

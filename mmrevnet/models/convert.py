@@ -23,13 +23,19 @@ MRevNet of the requested depth and variant: missing and unexpected keys are
 reported, a tensor whose shape differs from the target's is refused with
 :class:`ConversionError`.
 
+The target's depth and variant are read from the checkpoint unless given
+(:func:`detect_layout`): a 7x7 stem means ``MRevNet``, a deep stem
+``MRevNetV1c``, one with avg-pool downsampling ``MRevNetV1d``.
+
 The converted checkpoint assumes ``style='pytorch'`` (the default of all
 three libraries): the key names cannot tell where a bottleneck strides.
 """
 
 import os
 import os.path as osp
+import pickle
 import re
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple, Union
@@ -47,6 +53,7 @@ __all__ = [
     'load_state_dict',
     'strip_prefixes',
     'detect_source',
+    'detect_layout',
     'rename_keys',
     'target_shapes',
     'convert_state_dict',
@@ -173,7 +180,9 @@ def load_state_dict(
     Returns:
         OrderedDict: Key to tensor; non-tensor entries are left out.
     """
-    if isinstance(checkpoint, str):
+    if isinstance(checkpoint, str) and osp.isfile(checkpoint):
+        checkpoint = _read_checkpoint_file(checkpoint)
+    elif isinstance(checkpoint, str):
         from mmrevnet.engine.checkpoint import load_runner_checkpoint
 
         checkpoint = load_runner_checkpoint(checkpoint, map_location='cpu')
@@ -191,6 +200,47 @@ def load_state_dict(
     if not tensors:
         raise ConversionError('the checkpoint holds no tensors')
     return tensors
+
+
+def _read_checkpoint_file(path: str):
+    """Read a local checkpoint with ``torch.load(weights_only=True)``.
+
+    The one place where the converter reads a file. A file that is neither
+    a zip archive (``torch.save``) nor a pickle is refused as such, instead
+    of with torch's advice to retry with ``weights_only=False``.
+    """
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    # torch.save writes a zip archive; legacy files start with pickle's
+    # protocol opcode 0x80.
+    if not (zipfile.is_zipfile(path) or head[:1] == b'\x80'):
+        raise ConversionError(
+            f'{path} is not a PyTorch checkpoint (neither a zip archive nor '
+            f'a pickle; it starts with {head!r})'
+        )
+    from mmrevnet.engine.checkpoint import (
+        UntrustedCheckpointError,
+        runner_checkpoint_globals,
+    )
+
+    try:
+        # Runner checkpoints (with their message hub) load too.
+        with runner_checkpoint_globals(path):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except UntrustedCheckpointError as error:
+        raise ConversionError(str(error)) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        reason = next(
+            (
+                line.strip()
+                for line in str(error).splitlines()
+                if 'Unsupported global' in line
+            ),
+            str(error).splitlines()[0] if str(error) else type(error).__name__,
+        )
+        raise ConversionError(
+            f'cannot read {path} as a checkpoint of tensors: {reason}'
+        ) from None
 
 
 def strip_prefixes(
@@ -250,6 +300,61 @@ def detect_source(
     if 'fc.weight' in state_dict:
         return 'torchvision'
     return 'mmseg'
+
+
+_LAYER_BLOCK = re.compile(r'^layer([1-4])\.(\d+)\.')
+
+
+def detect_layout(state_dict: Mapping[str, Tensor]) -> Tuple[str, int]:
+    """Tell the variant and depth of a ResNet from its backbone tensors.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): Backbone tensors, prefixes
+            already stripped, in the layout of any of :data:`SOURCES`.
+
+    Returns:
+        tuple: ``(variant, depth)``: ``'plain'`` for a 7x7 stem
+        (``conv1``), ``'v1d'`` for a deep stem with a pooling layer first
+        in a downsample branch, else ``'v1c'``.
+
+    Raises:
+        ConversionError: When the stem or the block counts match no
+            MRevNet.
+    """
+    if 'conv1.weight' in state_dict:
+        variant = 'plain'
+    elif 'stem.0.weight' in state_dict or 'stem.0.conv.weight' in state_dict:
+        # The downsample conv follows an AvgPool2d in V1d (index 1).
+        pooled = any(
+            m and m.group(2) == '1' and m.group(3) == 'weight' and v.dim() == 4
+            for m, v in (
+                (_DOWNSAMPLE.match(k), v) for k, v in state_dict.items()
+            )
+        )
+        variant = 'v1d' if pooled else 'v1c'
+    else:
+        raise ConversionError(
+            'cannot tell the variant: the checkpoint has neither conv1.weight '
+            '(7x7 stem) nor stem.0.weight / stem.0.conv.weight (deep stem); '
+            'is it a ResNet?'
+        )
+    blocks = [0, 0, 0, 0]
+    for key in state_dict:
+        match = _LAYER_BLOCK.match(key)
+        if match:
+            stage, index = int(match.group(1)) - 1, int(match.group(2))
+            blocks[stage] = max(blocks[stage], index + 1)
+    bottleneck = 'layer1.0.conv3.weight' in state_dict
+    for depth, (block, stages) in MRevNet.arch_settings.items():
+        if tuple(stages) == tuple(blocks) and bottleneck == (
+            block.expansion != 1
+        ):
+            return variant, depth
+    raise ConversionError(
+        f'cannot tell the depth: blocks per stage {tuple(blocks)} '
+        f'({"bottleneck" if bottleneck else "basic"} blocks) match no '
+        f'MRevNet depth {sorted(MRevNet.arch_settings)}'
+    )
 
 
 def _mmpretrain_key(key: str, avg_down: bool, convs: set) -> str:
@@ -326,8 +431,8 @@ def target_shapes(
 
 def convert_state_dict(
     state_dict: Mapping[str, Tensor],
-    depth: int,
-    variant: str = 'v1c',
+    depth: Optional[int] = None,
+    variant: str = 'auto',
     source: str = 'auto',
     strict: bool = False,
 ) -> ConversionResult:
@@ -336,10 +441,12 @@ def convert_state_dict(
     Args:
         state_dict (Mapping[str, Tensor]): Tensors of the checkpoint (bare,
             or of a whole model with ``backbone.``/``module.`` prefixes).
-        depth (int): Depth of the target MRevNet.
+        depth (int, optional): Depth of the target MRevNet; None reads it
+            from the checkpoint. Defaults to None.
         variant (str): ``'plain'`` (``MRevNet``, 7x7 stem), ``'v1c'``
-            (``MRevNetV1c``) or ``'v1d'`` (``MRevNetV1d``).
-            Defaults to ``'v1c'``.
+            (``MRevNetV1c``), ``'v1d'`` (``MRevNetV1d``) or ``'auto'``
+            (from the checkpoint, :func:`detect_layout`).
+            Defaults to ``'auto'``.
         source (str): ``'auto'`` or one of :data:`SOURCES`.
             Defaults to ``'auto'``.
         strict (bool): Raise :class:`ConversionError` when keys are missing
@@ -359,6 +466,10 @@ def convert_state_dict(
         raise ValueError(
             f"source must be 'auto' or one of {SOURCES}, got {source!r}"
         )
+    if variant == 'auto' or depth is None:
+        found_variant, found_depth = detect_layout(backbone)
+        variant = found_variant if variant == 'auto' else variant
+        depth = found_depth if depth is None else depth
     shapes = target_shapes(depth, variant)
     renamed_sd, dropped_fc, renamed = rename_keys(
         backbone, source, avg_down=VARIANTS[variant] is MRevNetV1d
@@ -414,8 +525,8 @@ def convert_state_dict(
 def convert_checkpoint(
     src: Union[str, Mapping],
     dst: Optional[str] = None,
-    depth: int = 50,
-    variant: str = 'v1c',
+    depth: Optional[int] = None,
+    variant: str = 'auto',
     source: str = 'auto',
     strict: bool = False,
 ) -> ConversionResult:
@@ -430,9 +541,10 @@ def convert_checkpoint(
         src (str | Mapping): Source checkpoint (path, URL or loaded dict).
         dst (str, optional): Where to save; None saves nothing.
             Defaults to None.
-        depth (int): Depth of the target. Defaults to 50.
-        variant (str): ``'plain'``, ``'v1c'`` or ``'v1d'``.
-            Defaults to ``'v1c'``.
+        depth (int, optional): Depth of the target; None reads it from
+            the checkpoint. Defaults to None.
+        variant (str): ``'plain'``, ``'v1c'``, ``'v1d'`` or ``'auto'``.
+            Defaults to ``'auto'``.
         source (str): ``'auto'`` or one of :data:`SOURCES`.
             Defaults to ``'auto'``.
         strict (bool): Refuse (and save nothing) when keys are missing or

@@ -230,7 +230,8 @@ def test_swap_backbone_in_mmseg_config(data_roots, tmp_path):
     runner.train()
     model = runner.model
     assert type(model.backbone) is MRevNetV1c
-    assert model.backbone.residual_fn == 'branch'  # MRevNet's default
+    # pretrained=None: from scratch, so residual_fn=None builds 'branch'
+    assert model.backbone.residual_fn == 'branch'
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
     assert len(recorder.losses) == 1
     assert math.isfinite(recorder.losses[0]) and recorder.losses[0] > 0

@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         argparse.Namespace: The parsed arguments.
     """
     parser = argparse.ArgumentParser(
-        description='Export the scikit-learn digits as an image folder'
+        description='Export the scikit-learn digits as an image folder',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument('out_dir', help='root of the data set')
     parser.add_argument(

@@ -14,13 +14,37 @@ same parameters (see ``mmrevnet_synthetic.json``).
 """
 
 import argparse
+import inspect
 import json
+from typing import Optional
 
 from mmrevnet.datasets.synthetic import (
     generate_ade20k,
     generate_cityscapes,
     generate_imagefolder,
 )
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except None (those are given per layout in the help)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _per_layout(name: str, imagefolder_name: Optional[str] = None) -> str:
+    """``name``'s default of each generator, read from its signature."""
+    parts = []
+    for layout, function, key in (
+        ('cityscapes', generate_cityscapes, name),
+        ('ade20k', generate_ade20k, name),
+        ('imagefolder', generate_imagefolder, imagefolder_name or name),
+    ):
+        default = inspect.signature(function).parameters[key].default
+        parts.append(f'{layout} {default}')
+    return 'default: ' + ', '.join(parts)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         argparse.Namespace: The parsed arguments.
     """
     parser = argparse.ArgumentParser(
-        description='Generate a synthetic dataset in a real dataset layout'
+        description='Generate a synthetic dataset in a real dataset layout',
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument(
         'layout', choices=('cityscapes', 'ade20k', 'imagefolder')
@@ -44,13 +69,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--num-train',
         type=int,
         default=None,
-        help='training images (per class for imagefolder)',
+        help='training images (per class for imagefolder); '
+        + _per_layout('num_train', 'per_class_train'),
     )
     parser.add_argument(
         '--num-val',
         type=int,
         default=None,
-        help='validation images (per class for imagefolder)',
+        help='validation images (per class for imagefolder); '
+        + _per_layout('num_val', 'per_class_val'),
     )
     parser.add_argument(
         '--size',
@@ -58,9 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         nargs=2,
         metavar=('H', 'W'),
         default=None,
-        help='image size',
+        help='image size; ' + _per_layout('size').replace('%', '%%'),
     )
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0, help='random seed')
     parser.add_argument(
         '--difficulty',
         type=float,

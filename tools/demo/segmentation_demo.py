@@ -44,6 +44,10 @@ def _train_and_test(
     if max_iters is not None:
         cfg.train_cfg.max_iters = max_iters
         cfg.default_hooks.checkpoint.interval = max_iters
+        # A log interval longer than the run logs no scalars at all (no
+        # scalars.json, hence no training curve).
+        logger = cfg.default_hooks.logger
+        logger.interval = min(logger.get('interval', 10), max_iters)
         for scheduler in cfg.param_scheduler:
             scheduler.end = min(scheduler.end, max_iters)
             scheduler.begin = min(scheduler.begin, max(max_iters - 1, 0))

@@ -2,16 +2,19 @@
 
 Examples::
 
-    # torchvision ResNet-50 -> plain MRevNet-50 (7x7 stem)
+    # torchvision ResNet-50 -> MRevNet-50 (7x7 stem; depth and variant are
+    # read from the checkpoint)
     python tools/model_converters/resnet_to_mrevnet.py \\
-        resnet50.pth mrevnet50.pth --depth 50 --variant plain
+        resnet50.pth mrevnet50.pth
     # mmpretrain ResNetV1c-50 classifier -> MRevNetV1c-50
     python tools/model_converters/resnet_to_mrevnet.py \\
         resnetv1c50_8xb32_in1k.pth mrevnetv1c50.pth --depth 50 --variant v1c
 
-The source library is detected from the keys unless ``--source`` names it.
-Missing and unexpected keys are printed (``--strict`` refuses them); a
-tensor whose shape does not fit the target is always refused. The output is
+The source library, the depth and the variant are detected from the keys
+unless given. A checkpoint that does not fill the target exactly (missing
+or unexpected keys) is refused: nothing is written and the exit status is
+1 (``--non-strict`` writes the partial result, with a warning); a tensor
+whose shape does not fit the target is always refused. The output is
 ``{'state_dict': ..., 'meta': ...}``; use it with
 ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` on the backbone. See
 :mod:`mmrevnet.models.convert`.
@@ -40,23 +43,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         argparse.Namespace: The parsed arguments.
     """
     parser = argparse.ArgumentParser(
-        description='Convert a ResNet checkpoint into an MRevNet checkpoint'
+        description='Convert a ResNet checkpoint into an MRevNet checkpoint',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument('src', help='source checkpoint (path or URL)')
     parser.add_argument('dst', help='where to save the MRevNet checkpoint')
     parser.add_argument(
         '--depth',
         type=int,
-        default=50,
+        default=None,
         choices=(18, 34, 50, 101, 152),
-        help='depth of the target MRevNet',
+        help='depth of the target MRevNet (default: from the checkpoint)',
     )
     parser.add_argument(
         '--variant',
-        choices=tuple(VARIANTS),
-        default='v1c',
+        choices=('auto',) + tuple(VARIANTS),
+        default='auto',
         help='target: plain (MRevNet, 7x7 stem, e.g. torchvision), v1c '
-        '(MRevNetV1c) or v1d (MRevNetV1d)',
+        '(MRevNetV1c), v1d (MRevNetV1d), or auto (from the stem and '
+        'downsample keys of the checkpoint)',
     )
     parser.add_argument(
         '--source',
@@ -65,9 +70,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='library that wrote the checkpoint (auto: from its keys)',
     )
     parser.add_argument(
+        '--non-strict',
+        action='store_true',
+        help='write the result even if keys are missing or unexpected',
+    )
+    parser.add_argument(
         '--strict',
         action='store_true',
-        help='refuse (write nothing) if keys are missing or unexpected',
+        help='refuse (write nothing) if keys are missing or unexpected; '
+        'the default, kept for old command lines',
     )
     return parser.parse_args(argv)
 
@@ -90,15 +101,20 @@ def main(argv=None) -> ConversionResult:
             depth=args.depth,
             variant=args.variant,
             source=args.source,
-            strict=args.strict,
+            strict=not args.non_strict,
         )
     except ConversionError as error:
-        sys.exit(f'error: {error}')
+        sys.exit(
+            f'error: {error}\n(nothing written; --non-strict writes a '
+            'partial result)'
+            if 'strict conversion' in str(error)
+            else f'error: {error}'
+        )
     print(result.summary())
     if not result.complete:
         print(
-            'warning: the checkpoint does not fill the target exactly; '
-            'see the keys above'
+            'warning: the checkpoint does not fill the target exactly '
+            '(--non-strict); see the keys above'
         )
     print(f'saved {args.dst}')
     return result

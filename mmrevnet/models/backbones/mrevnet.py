@@ -7,10 +7,14 @@ Neural Networks (Sander et al., ICML 2021).
 
 import math
 import numbers
+import re
+import warnings
+from collections import OrderedDict
 from typing import Dict, Optional, Sequence
 
 import torch
 from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath
 from mmengine.model import Sequential
 from mmengine.registry import MODELS
 from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
@@ -38,14 +42,68 @@ def _bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
     return block.norm3(block.conv3(out))
 
 
-class _MomentumResidual:
+class _MMPretrainBlockArgs:
+    """mmseg's block plus mmpretrain's ``expansion`` and ``drop_path_rate``.
+
+    ``expansion`` is the ratio of output to inner width (mmseg fixes it per
+    block class; mmseg's ``__init__`` reads ``self.expansion``, so an
+    instance value set before it takes effect). ``drop_path_rate`` is the
+    probability of stochastic depth: in training, the residual branch of a
+    sample is dropped (and the kept ones scaled by ``1 / (1 - p)``), as in
+    mmpretrain's ResNet blocks. No parameter is added, so the state-dict
+    keys stay those of mmseg's blocks.
+    """
+
+    def __init__(
+        self,
+        *args,
+        expansion: Optional[int] = None,
+        drop_path_rate: float = 0.0,
+        **kwargs,
+    ):
+        if expansion is not None:
+            self.expansion = expansion
+        super().__init__(*args, **kwargs)
+        self.drop_path = (
+            DropPath(drop_prob=drop_path_rate)
+            if drop_path_rate > 0
+            else nn.Identity()
+        )
+
+
+class _TransitionBlock(_MMPretrainBlockArgs):
+    """Block 0 of a stage: the ResNet block, with drop path on its branch.
+
+    Same computation as mmseg's block without plugins (checkpointing is
+    done by :class:`MomentumResLayer`, not by the block).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.drop_path(self._branch(x)) + identity)
+
+
+class TransitionBasicBlock(_TransitionBlock, BasicBlock):
+    """Block 0 of a stage of BasicBlocks (same parameter names)."""
+
+    _branch = _basic_branch
+
+
+class TransitionBottleneck(_TransitionBlock, Bottleneck):
+    """Block 0 of a stage of Bottlenecks (same parameter names)."""
+
+    _branch = _bottleneck_branch
+
+
+class _MomentumResidual(_MMPretrainBlockArgs):
     """Turns a ResNet block into the residual function ``F`` of a stage.
 
     ``residual_fn='branch'`` gives the residual branch (convolutions and
     norms, no identity, no final ReLU), as in m-RevNet. ``'block'`` gives
     ``block(x) - x``, so that ``gamma = 0`` is exactly the ResNet block
     (Momentum ResNets' choice for warm-starting from ResNet weights).
-    Parameter names are those of the ResNet block.
+    Drop path acts on the branch in both, where mmpretrain's ResNet block
+    puts it. Parameter names are those of the ResNet block.
 
     Args:
         residual_fn (str): ``'branch'`` or ``'block'``.
@@ -58,7 +116,7 @@ class _MomentumResidual:
         self.residual_fn = residual_fn
 
     def forward(self, x: Tensor) -> Tensor:
-        branch = self._branch(x)
+        branch = self.drop_path(self._branch(x))
         if self.residual_fn == 'branch':
             return branch
         return self.relu(branch + x) - x
@@ -76,9 +134,10 @@ class MomentumBottleneck(_MomentumResidual, Bottleneck):
     _branch = _bottleneck_branch
 
 
-_MOMENTUM_BLOCKS = {
-    BasicBlock: MomentumBasicBlock,
-    Bottleneck: MomentumBottleneck,
+# mmseg block -> (transition block, momentum block).
+_STAGE_BLOCKS = {
+    BasicBlock: (TransitionBasicBlock, MomentumBasicBlock),
+    Bottleneck: (TransitionBottleneck, MomentumBottleneck),
 }
 
 
@@ -119,6 +178,11 @@ class MomentumResLayer(Sequential):
             Defaults to False.
         residual_fn (str): ``'branch'`` or ``'block'``. Defaults to
             ``'branch'``.
+        expansion (int, optional): Output width over block width; None
+            uses the block's own (1 or 4). Defaults to None.
+        drop_path_rates (Sequence[float], optional): Stochastic depth rate
+            of each block of the stage; None drops nothing.
+            Defaults to None.
         **kwargs: Passed to every block (``style``, ``init_cfg``).
     """
 
@@ -137,10 +201,16 @@ class MomentumResLayer(Sequential):
         multi_grid: Optional[Sequence[int]] = None,
         contract_dilation: bool = False,
         residual_fn: str = 'branch',
+        expansion: Optional[int] = None,
+        drop_path_rates: Optional[Sequence[float]] = None,
         **kwargs,
     ):
         downsample = None
-        outplanes = planes * block.expansion
+        if expansion is None:
+            expansion = block.expansion
+        if drop_path_rates is None:
+            drop_path_rates = [0.0] * num_blocks
+        outplanes = planes * expansion
         if stride != 1 or inplanes != outplanes:
             layers = []
             conv_stride = stride
@@ -175,8 +245,9 @@ class MomentumResLayer(Sequential):
                 else dilation
             )
             dilations = [first] + [dilation] * (num_blocks - 1)
+        transition_block, momentum_block = _STAGE_BLOCKS[block]
         blocks = [
-            block(
+            transition_block(
                 inplanes=inplanes,
                 planes=planes,
                 stride=stride,
@@ -184,10 +255,11 @@ class MomentumResLayer(Sequential):
                 downsample=downsample,
                 conv_cfg=conv_cfg,
                 norm_cfg=norm_cfg,
+                expansion=expansion,
+                drop_path_rate=drop_path_rates[0],
                 **kwargs,
             )
         ]
-        momentum_block = _MOMENTUM_BLOCKS[block]
         for index in range(1, num_blocks):
             function = momentum_block(
                 residual_fn=residual_fn,
@@ -197,6 +269,8 @@ class MomentumResLayer(Sequential):
                 dilation=dilations[index],
                 conv_cfg=conv_cfg,
                 norm_cfg=norm_cfg,
+                expansion=expansion,
+                drop_path_rate=drop_path_rates[index],
                 **kwargs,
             )
             blocks.append(function)
@@ -225,13 +299,174 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _gives_pretrained_weights(pretrained, init_cfg) -> bool:
+    if isinstance(pretrained, str):
+        return True
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    return any(
+        isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'
+        for cfg in cfgs
+    )
+
+
+def resolve_residual_fn(residual_fn, pretrained=None, init_cfg=None) -> str:
+    """The residual function a backbone builds for ``residual_fn``.
+
+    Args:
+        residual_fn (str, optional): ``'branch'``, ``'block'``, or None /
+            ``'auto'``.
+        pretrained (str, optional): The backbone's ``pretrained``.
+        init_cfg (dict | list[dict], optional): The backbone's ``init_cfg``.
+
+    Returns:
+        str: ``residual_fn`` itself when given; for None / ``'auto'``,
+        ``'block'`` when pretrained weights are given (ResNet weights keep
+        their meaning in ``block(x) - x``) and ``'branch'`` otherwise (the
+        m-RevNet paper's choice for training from scratch).
+    """
+    if residual_fn not in (None, 'auto'):
+        return residual_fn
+    if _gives_pretrained_weights(pretrained, init_cfg):
+        return 'block'
+    return 'branch'
+
+
+# Metadata entry that marks a state dict saved from an MRevNet.
+_RESIDUAL_FN_MARK = 'mrevnet_residual_fn'
+# Keys of momentum blocks (block 1.. of a stage).
+_MOMENTUM_KEY = re.compile(r'^layer\d+\.[1-9]\d*\.')
+
+
+def _record_residual_fn(module, state_dict, prefix, local_metadata) -> None:
+    """State-dict hook: mark the weights with the backbone's residual_fn.
+
+    The mark lives in the state dict's ``_metadata`` (like a module's
+    version), so the keys stay those of the ResNet. Loading with a prefix
+    (``Pretrained`` with ``prefix=``) loses it.
+    """
+    local_metadata[_RESIDUAL_FN_MARK] = module.residual_fn
+
+
+def _check_stem_layout(module, keys) -> None:
+    # Refused even for a non-strict load: torch passes strict=True to every
+    # hook whatever the caller asked, and a "pretrained" network whose stem
+    # stayed at its initialisation is never what was meant.
+    deep = 'stem.0.weight' in keys
+    plain = 'conv1.weight' in keys
+    if deep == plain or deep == module.deep_stem:
+        return
+    if module.deep_stem:
+        found = 'a 7x7 stem (conv1.*, torchvision or ResNet layout)'
+        fix = 'MRevNet (deep_stem=False)'
+    else:
+        found = 'a deep stem (stem.*, ResNetV1c/V1d layout)'
+        fix = 'MRevNetV1c or MRevNetV1d'
+    raise ValueError(
+        f'the checkpoint has {found} but this {type(module).__name__} has '
+        f'deep_stem={module.deep_stem}: its stem would stay at its '
+        f'initialisation. Build {fix} for these weights.'
+    )
+
+
+def _warn_residual_fn(module, keys, local_metadata) -> None:
+    if module._warned_residual_fn or not any(map(_MOMENTUM_KEY.match, keys)):
+        return
+    recorded = local_metadata.get(_RESIDUAL_FN_MARK)
+    if recorded == module.residual_fn or (
+        recorded is None and module.residual_fn == 'block'
+    ):
+        return
+    module._warned_residual_fn = True
+    if recorded is None:
+        warnings.warn(
+            'loading weights that carry no m-RevNet mark (ResNet weights, '
+            'converted ones, or any loaded with a prefix) into momentum '
+            "blocks with residual_fn='branch': ResNet weights lose their "
+            'meaning there (F is the residual branch alone). For ResNet '
+            "weights use residual_fn='block' (the default when pretrained "
+            'weights are given). If these are weights of an m-RevNet trained '
+            "with residual_fn='branch', this does not apply."
+        )
+    else:
+        warnings.warn(
+            f'the checkpoint was saved from an MRevNet with '
+            f'residual_fn={recorded!r}, but this one uses '
+            f'residual_fn={module.residual_fn!r}: the momentum blocks compute '
+            f'a different function with the same weights. Set '
+            f'residual_fn={recorded!r} to keep it.'
+        )
+
+
+def map_resnet_keys(module, state_dict, prefix: str = '') -> OrderedDict:
+    """Rename mmpretrain's / torchvision's ResNet keys, in place.
+
+    mmpretrain's deep stem (``stem.<i>.conv``/``stem.<i>.bn``, and V1d's
+    pool-less stride-one downsample) becomes mmseg's keys and
+    torchvision's classifier ``fc`` is dropped, with the renaming of
+    :mod:`mmrevnet.models.convert`; other keys are left alone.
+
+    Args:
+        module (MRevNet): The backbone the weights are for.
+        state_dict (dict): Checkpoint tensors; changed in place.
+        prefix (str): Where the backbone's keys start in ``state_dict``.
+            Defaults to ''.
+
+    Returns:
+        OrderedDict: The backbone's tensors after renaming, without
+        ``prefix``.
+    """
+    # convert.py imports the backbones; import it when loading, not before.
+    from mmrevnet.models.convert import detect_source, rename_keys
+
+    names = [key for key in state_dict if key.startswith(prefix)]
+    local = OrderedDict((key[len(prefix) :], state_dict[key]) for key in names)
+    if not local:
+        return local
+    source = detect_source(local)
+    if source != 'mmseg':
+        local, _, _ = rename_keys(local, source, avg_down=module.avg_down)
+        for key in names:
+            del state_dict[key]
+        state_dict.update(
+            (prefix + key, value) for key, value in local.items()
+        )
+    return local
+
+
+def _map_resnet_keys(
+    module,
+    state_dict,
+    prefix,
+    local_metadata,
+    strict,
+    missing_keys,
+    unexpected_keys,
+    error_msgs,
+) -> None:
+    """Load pre-hook: read mmpretrain's and torchvision's ResNet layouts.
+
+    Renames with :func:`map_resnet_keys`; every other key is left to the
+    usual strict or non-strict check. A checkpoint whose stem is of the
+    other layout (torchvision's 7x7 stem into a deep-stem backbone) is
+    refused with :class:`ValueError` naming the variant to build.
+    """
+    local = map_resnet_keys(module, state_dict, prefix)
+    if not local:
+        return
+    _check_stem_layout(module, local)
+    _warn_residual_fn(module, list(local), local_metadata)
+
+
 @MODELS.register_module()
 class MRevNet(ResNet):
     """m-RevNet backbone: a ResNet whose stages are reversible momentum stages.
 
     A drop-in replacement for mmseg's ``ResNet``: same arguments with the
-    same meaning and defaults, same output shapes and the same state-dict
-    keys, so ImageNet ResNet checkpoints load without missing keys. Inside
+    same meaning and defaults (plus mmpretrain's ``expansion`` and
+    ``drop_path_rate``), same output shapes and the same state-dict keys,
+    so ImageNet ResNet checkpoints load without missing keys (mmpretrain's
+    and torchvision's layouts are renamed on load). The features are not
+    those of the ResNet unless ``gamma=0`` and ``residual_fn='block'``. Inside
     each stage, block 0 is the ordinary ResNet block (stride, dilation,
     width change) and blocks ``1..n-1`` run the momentum update
     ``v <- gamma * v + (1 - gamma) * F(x); x <- x + v`` with a velocity that
@@ -250,6 +485,10 @@ class MRevNet(ResNet):
         stem_channels (int): Number of stem channels. Defaults to 64.
         base_channels (int): Number of base channels of res layer.
             Defaults to 64.
+        expansion (int, optional): Output width of a block over its inner
+            width, as in mmpretrain's ResNet; None uses the block's own
+            (1 for depths 18/34, which allow only 1, else 4).
+            Defaults to None.
         num_stages (int): Number of stages, 1 to 4. Defaults to 4.
         strides (Sequence[int]): Strides of the first block of each stage.
             Defaults to (1, 2, 2, 2).
@@ -294,10 +533,20 @@ class MRevNet(ResNet):
             Defaults to 0.9.
         memory_saving (bool): Reconstruct activations in the backward pass
             instead of storing them. Defaults to True.
-        residual_fn (str): The residual function ``F`` of momentum blocks:
-            ``'branch'`` (the block's residual branch, as in m-RevNet) or
-            ``'block'`` (``block(x) - x``; with ``gamma = 0`` the network is
-            exactly the ResNet). Defaults to ``'branch'``.
+        residual_fn (str, optional): The residual function ``F`` of
+            momentum blocks: ``'branch'`` (the block's residual branch, as
+            in m-RevNet, for training from scratch) or ``'block'``
+            (``block(x) - x``; with ``gamma = 0`` the network is exactly the
+            ResNet, so ResNet weights keep their meaning). None or
+            ``'auto'`` picks ``'block'`` when pretrained weights are given
+            (``pretrained``, or an ``init_cfg`` of type ``'Pretrained'``)
+            and ``'branch'`` otherwise. Loading weights that are not marked
+            as ``'branch'`` m-RevNet weights into ``'branch'`` warns once.
+            Defaults to None.
+        drop_path_rate (float): Stochastic depth rate of the last block, as
+            in mmpretrain's ResNet: the rate grows linearly from 0 at the
+            first block of the network; in [0, 1). The memory-saving
+            backward replays the same drops. Defaults to 0.0.
         track_drift (bool): Measure in every backward how far each stage's
             reconstructed input drifted from the true one (keeps two extra
             tensors per stage; see :meth:`reconstruction_drift`).
@@ -315,6 +564,7 @@ class MRevNet(ResNet):
         in_channels: int = 3,
         stem_channels: int = 64,
         base_channels: int = 64,
+        expansion: Optional[int] = None,
         num_stages: int = 4,
         strides: Sequence[int] = (1, 2, 2, 2),
         dilations: Sequence[int] = (1, 1, 1, 1),
@@ -337,9 +587,10 @@ class MRevNet(ResNet):
         init_cfg=None,
         gamma: float = 0.9,
         memory_saving: bool = True,
-        residual_fn: str = 'branch',
+        residual_fn: Optional[str] = None,
         track_drift: bool = False,
         max_amplification: Optional[float] = None,
+        drop_path_rate: float = 0.0,
     ):
         _check_arguments(
             arch_settings=self.arch_settings,
@@ -358,7 +609,17 @@ class MRevNet(ResNet):
             plugins=plugins,
             multi_grid=multi_grid,
             residual_fn=residual_fn,
+            expansion=expansion,
+            drop_path_rate=drop_path_rate,
         )
+        block, stage_blocks = self.arch_settings[depth]
+        self.expansion = block.expansion if expansion is None else expansion
+        # mmpretrain's stochastic depth rule: linear in the block index over
+        # all blocks of the architecture (num_stages does not change it).
+        self._drop_path_rates = torch.linspace(
+            0, drop_path_rate, sum(stage_blocks), device='cpu'
+        ).tolist()
+        self.drop_path_rate = drop_path_rate
         # The stage settings, validated once here (every stage's config is
         # this one with its own length and name).
         self._stage_config = StageConfig(
@@ -372,7 +633,10 @@ class MRevNet(ResNet):
                 else max_amplification
             ),
         )
-        self.residual_fn = residual_fn
+        self.residual_fn = resolve_residual_fn(
+            residual_fn, pretrained, init_cfg
+        )
+        self._warned_residual_fn = False
         super().__init__(
             depth=depth,
             in_channels=in_channels,
@@ -400,6 +664,11 @@ class MRevNet(ResNet):
             init_cfg=init_cfg,
         )
         self.in_channels = in_channels
+        self.feat_dim = (
+            self.expansion * base_channels * 2 ** (len(self.stage_blocks) - 1)
+        )
+        self.register_load_state_dict_pre_hook(_map_resnet_keys)
+        self.register_state_dict_post_hook(_record_residual_fn)
 
     @property
     def gamma(self) -> float:
@@ -427,12 +696,21 @@ class MRevNet(ResNet):
             kwargs.pop(unused)
         # ResNet builds stage i with planes = base_channels * 2**i.
         index = int(math.log2(kwargs['planes'] // self.base_channels))
+        if index > 0:
+            # mmseg's ResNet assumes the block class's expansion here.
+            kwargs['inplanes'] = (
+                self.base_channels * 2 ** (index - 1) * self.expansion
+            )
+        first = sum(self.stage_blocks[:index])
+        rates = self._drop_path_rates[first : first + kwargs['num_blocks']]
         config = self._stage_config.replace(
             num_functions=kwargs['num_blocks'] - 1, name=f'layer{index + 1}'
         )
         return MomentumResLayer(
             stage=MomentumStage.from_config(config),
             residual_fn=self.residual_fn,
+            expansion=self.expansion,
+            drop_path_rates=rates,
             **kwargs,
         )
 
@@ -549,6 +827,8 @@ def _check_arguments(
     plugins,
     multi_grid,
     residual_fn,
+    expansion,
+    drop_path_rate,
 ) -> None:
     """Reject what mmseg's ResNet would assert on, and what we lack."""
     if dcn is not None or any(stage_with_dcn):
@@ -614,7 +894,28 @@ def _check_arguments(
                 f'multi_grid must give one positive dilation per block of '
                 f'the last stage ({last_blocks} blocks), got {multi_grid!r}'
             )
-    if residual_fn not in RESIDUAL_FNS:
+    if residual_fn not in RESIDUAL_FNS + ('auto', None):
         raise ValueError(
-            f'residual_fn must be one of {RESIDUAL_FNS}, got {residual_fn!r}'
+            f"residual_fn must be one of {RESIDUAL_FNS}, or None/'auto' "
+            f'(decided by whether pretrained weights are given), got '
+            f'{residual_fn!r}'
+        )
+    if expansion is not None:
+        block = arch_settings[depth][0]
+        if not _is_int(expansion) or expansion < 1:
+            raise ValueError(
+                f'expansion must be None or a positive int, got {expansion!r}'
+            )
+        if block is BasicBlock and expansion != 1:
+            raise ValueError(
+                f'expansion must be 1 (or None) for depth {depth} '
+                f'(BasicBlock), got {expansion!r}'
+            )
+    if (
+        not isinstance(drop_path_rate, numbers.Real)
+        or isinstance(drop_path_rate, bool)
+        or not 0 <= drop_path_rate < 1
+    ):
+        raise ValueError(
+            f'drop_path_rate must be a float in [0, 1), got {drop_path_rate!r}'
         )

@@ -1,0 +1,72 @@
+"""``tools/model_converters/resnet_to_mrevnet.py`` as a user runs it."""
+
+import os.path as osp
+import subprocess
+import sys
+
+import torch
+import torchvision
+from mmpretrain.models.backbones import ResNetV1d as PretrainResNetV1d
+
+from mmrevnet.models import MRevNet, MRevNetV1d
+from mmrevnet.models.convert import detect_layout
+
+from .helpers import REPO
+
+TOOL = 'tools/model_converters/resnet_to_mrevnet.py'
+
+
+def _convert(*args):
+    return subprocess.run(
+        [sys.executable, TOOL, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_torchvision_gets_the_matching_variant(tmp_path):
+    src, dst = tmp_path / 'resnet18.pth', tmp_path / 'mrevnet18.pth'
+    torch.save(torchvision.models.resnet18().state_dict(), src)
+    result = _convert(src, dst)
+    assert result.returncode == 0, result.stderr
+    assert 'target: MRevNet(depth=18)' in result.stdout
+    MRevNet(depth=18).load_state_dict(
+        torch.load(dst, weights_only=True)['state_dict'], strict=True
+    )
+    # The wrong target is refused: exit status 1, nothing written.
+    refused = tmp_path / 'refused.pth'
+    result = _convert(src, refused, '--variant', 'v1c')
+    assert result.returncode == 1
+    assert 'stem.0.weight' in result.stderr
+    assert '--non-strict' in result.stderr
+    assert 'saved' not in result.stdout
+    assert not osp.exists(refused)
+    # ... unless a partial result is asked for.
+    result = _convert(src, refused, '--variant', 'v1c', '--non-strict')
+    assert result.returncode == 0, result.stderr
+    assert 'warning: the checkpoint does not fill' in result.stdout
+
+
+def test_mmpretrain_v1d_layout_is_detected(tmp_path):
+    theirs = PretrainResNetV1d(depth=50).state_dict()
+    assert detect_layout(theirs) == ('v1d', 50)
+    src, dst = tmp_path / 'v1d.pth', tmp_path / 'mrevnetv1d.pth'
+    torch.save({'state_dict': theirs}, src)
+    result = _convert(src, dst)
+    assert result.returncode == 0, result.stderr
+    assert 'target: MRevNetV1d(depth=50)' in result.stdout
+    MRevNetV1d(depth=50).load_state_dict(
+        torch.load(dst, weights_only=True)['state_dict'], strict=True
+    )
+
+
+def test_text_file_is_not_a_checkpoint(tmp_path):
+    src = tmp_path / 'notes.pth'
+    src.write_text('hello, this is not a checkpoint\n')
+    result = _convert(src, tmp_path / 'out.pth')
+    assert result.returncode == 1
+    assert 'is not a PyTorch checkpoint' in result.stderr
+    assert 'weights_only' not in result.stderr
+    assert not osp.exists(tmp_path / 'out.pth')

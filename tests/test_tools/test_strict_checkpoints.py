@@ -1,0 +1,108 @@
+"""``tools/test.py`` loads checkpoints strictly unless told otherwise."""
+
+import subprocess
+import sys
+
+import torch
+import torchvision
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from mmrevnet.engine.strict_loading import compare_state_dict
+
+from .helpers import REPO, cli_options, config_path, tiny_options
+
+HEAD, LAYOUT = 'pspnet', 'cityscapes'
+
+
+def _segmentor(options):
+    from mmseg.registry import MODELS
+
+    cfg = Config.fromfile(config_path(HEAD, LAYOUT))
+    cfg.merge_from_dict(options)
+    init_default_scope('mmseg')
+    return MODELS.build(cfg.model)
+
+
+def _test_tool(checkpoint, options, tmp_path, *flags):
+    args = [
+        sys.executable,
+        'tools/test.py',
+        config_path(HEAD, LAYOUT),
+        str(checkpoint),
+        '--work-dir',
+        str(tmp_path / 'test'),
+        *flags,
+        '--cfg-options',
+        *cli_options(options),
+    ]
+    return subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_compare_state_dict_maps_mmpretrain_keys():
+    from mmpretrain.models.backbones import ResNetV1c as PretrainResNetV1c
+
+    from mmrevnet.models import MRevNetV1c
+
+    theirs = PretrainResNetV1c(depth=18).state_dict()
+    assert compare_state_dict(MRevNetV1c(depth=18), theirs).exact
+    report = compare_state_dict(MRevNetV1c(depth=34), theirs)
+    assert report.missing and not report.unexpected
+    report = compare_state_dict(MRevNetV1c(depth=18, base_channels=32), theirs)
+    assert report.mismatched[0].startswith('layer1.0.conv1.weight: checkp')
+
+
+def test_test_tool_refuses_misfitting_checkpoints(data_roots, tmp_path):
+    options = tiny_options(HEAD, LAYOUT, data_roots[LAYOUT])
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': _segmentor(options).state_dict()}, good)
+    result = _test_tool(good, options, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'mIoU: ' in result.stdout + result.stderr
+
+    # A torchvision ResNet-50 file: nothing of the segmentor is in it.
+    torchvision_file = tmp_path / 'resnet50-tv.pth'
+    torch.save(torchvision.models.resnet50().state_dict(), torchvision_file)
+    result = _test_tool(torchvision_file, options, tmp_path)
+    assert result.returncode != 0
+    assert 'does not fit the model' in result.stderr
+    assert 'missing keys:' in result.stderr
+    assert 'unexpected keys:' in result.stderr
+    assert '--non-strict' in result.stderr
+    assert 'mIoU: ' not in result.stdout + result.stderr
+
+    # A deeper backbone's checkpoint on the depth-18 config.
+    deeper = dict(options, **{'model.backbone.depth': 34})
+    depth34 = tmp_path / 'depth34.pth'
+    torch.save({'state_dict': _segmentor(deeper).state_dict()}, depth34)
+    result = _test_tool(depth34, options, tmp_path)
+    assert result.returncode != 0
+    assert 'unexpected keys:' in result.stderr
+    assert 'backbone.layer1.2.conv1.weight' in result.stderr
+    # ... accepted when asked for.
+    result = _test_tool(depth34, options, tmp_path, '--non-strict')
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_train_tool_refuses_misfitting_load_from(data_roots, tmp_path):
+    options = tiny_options(HEAD, LAYOUT, data_roots[LAYOUT])
+    deeper = dict(options, **{'model.backbone.depth': 34})
+    depth34 = tmp_path / 'depth34.pth'
+    torch.save({'state_dict': _segmentor(deeper).state_dict()}, depth34)
+    args = [
+        sys.executable,
+        'tools/train.py',
+        config_path(HEAD, LAYOUT),
+        '--work-dir',
+        str(tmp_path / 'train'),
+        '--cfg-options',
+        *cli_options(dict(options, load_from=str(depth34))),
+    ]
+    result = subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert 'does not fit the model' in result.stderr
+    assert '--non-strict' in result.stderr
