@@ -23,6 +23,7 @@ import torch
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
 from mmrevnet.analysis.benchmark import (
+    HEAD_VARIANTS,
     HEADS,
     VARIANTS,
     markdown_table,
@@ -44,8 +45,9 @@ def parse_args():
         '--variants',
         nargs='+',
         default=list(VARIANTS),
-        choices=list(VARIANTS),
-        help='backbone variants (timing needs ResNetV1c)',
+        choices=list(VARIANTS) + list(HEAD_VARIANTS),
+        help='backbone variants (timing needs ResNetV1c); the memory-saving '
+        'heads variants are not in the default list',
     )
     parser.add_argument('--batch-size', type=int, default=2)
     parser.add_argument(

@@ -346,3 +346,40 @@ def test_bf16_autocast_is_reentered():
         grads.append(module.conv.weight.grad)
     # The recomputation runs in bf16 like the forward: equal, not close.
     assert torch.equal(grads[1], grads[0])
+
+
+def test_ddp_marks_every_parameter_ready_once():
+    """DDP (gloo, one process, ``find_unused_parameters=False``): two
+    steps with memory-saving heads give the plain model's gradients; a
+    parameter marked ready twice, or never, would raise in the reducer."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    plain = _build('pspnet')
+    saving = copy.deepcopy(plain)
+    enable_memory_saving_heads(saving)
+    dist.init_process_group(
+        'gloo',
+        init_method=f'tcp://127.0.0.1:{port}',
+        rank=0,
+        world_size=1,
+    )
+    try:
+        wrapped = DistributedDataParallel(saving)
+        for _ in range(2):
+            inputs, samples = _batch()
+            for model in (plain, wrapped):
+                model.zero_grad(set_to_none=True)
+                torch.manual_seed(7)
+                # Through DDP's forward, as mmengine's train_step does, so
+                # that the reducer expects every parameter's gradient.
+                losses = model(inputs, samples, mode='loss')
+                sum(v for k, v in losses.items() if 'loss' in k).backward()
+            _assert_same(plain, saving)
+    finally:
+        dist.destroy_process_group()
