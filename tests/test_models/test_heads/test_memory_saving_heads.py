@@ -383,3 +383,18 @@ def test_ddp_marks_every_parameter_ready_once():
             _assert_same(plain, saving)
     finally:
         dist.destroy_process_group()
+
+
+def test_benchmark_variants_enable_the_heads():
+    from mmrevnet.analysis.benchmark import (
+        HEAD_VARIANTS,
+        build_benchmark_model,
+    )
+
+    for variant, (_, granularity) in HEAD_VARIANTS.items():
+        model = build_benchmark_model(variant, 50, 'upernet')
+        assert type(model.backbone).__name__ == 'MRevNetV1c'
+        assert is_memory_saving(model.decode_head)
+        assert is_memory_saving(model.auxiliary_head)
+        head_forward = model.decode_head.__dict__.get('forward')
+        assert (head_forward is not None) == (granularity == 'head')
