@@ -38,6 +38,15 @@ VARIANTS = {
 }
 BASELINE = 'ResNetV1c'
 
+#: Segmentor variants whose heads recompute their activations
+#: (``mmrevnet.models.heads``): name -> (backbone variant, granularity).
+#: Not measured by default; with ``head='backbone'`` they equal the
+#: backbone variant.
+HEAD_VARIANTS = {
+    'MRevNetV1c + memory-saving heads': ('MRevNetV1c', 'head'),
+    'MRevNetV1c + memory-saving heads (module)': ('MRevNetV1c', 'module'),
+}
+
 _D8 = dict(
     dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), contract_dilation=True
 )
@@ -63,7 +72,7 @@ def _backbone_cfg(variant: str, depth: int, layout: dict) -> dict:
         style='pytorch',
         **layout,
     )
-    cfg.update(VARIANTS[variant])
+    cfg.update(VARIANTS[HEAD_VARIANTS.get(variant, (variant,))[0]])
     return cfg
 
 
@@ -73,7 +82,7 @@ def build_benchmark_model(
     """A backbone or an mmseg segmentor with the given backbone variant.
 
     Args:
-        variant (str): A key of :data:`VARIANTS`.
+        variant (str): A key of :data:`VARIANTS` or :data:`HEAD_VARIANTS`.
         depth (int): 50, 101 or 152.
         head (str): A key of :data:`HEADS`.
         num_classes (int): Classes of the segmentation heads.
@@ -103,6 +112,10 @@ def build_benchmark_model(
             if model_cfg.get(key):
                 model_cfg[key]['num_classes'] = num_classes
         model = MODELS.build(model_cfg)
+        if variant in HEAD_VARIANTS:
+            from mmrevnet.models.heads import enable_memory_saving_heads
+
+            enable_memory_saving_heads(model, HEAD_VARIANTS[variant][1])
     model.train()
     return model
 
@@ -187,7 +200,8 @@ def run_benchmark(
     Args:
         depths (Sequence[int]): Network depths.
         heads (Sequence[str]): Keys of :data:`HEADS`.
-        variants (Sequence[str]): Keys of :data:`VARIANTS`; must include
+        variants (Sequence[str]): Keys of :data:`VARIANTS` or
+            :data:`HEAD_VARIANTS`; must include
             :data:`BASELINE` when ``measure_time``.
         batch_size (int): Batch size. Defaults to 2.
         size (Sequence[int]): Input ``(H, W)``. Defaults to (128, 256).

@@ -1,0 +1,87 @@
+"""``MRevNetEncoderDecoder``: mmseg's EncoderDecoder with memory-saving heads.
+
+One line in a config switches it on, every other key of the model is
+mmseg's::
+
+    model = dict(type='MRevNetEncoderDecoder', memory_saving_heads='head')
+"""
+
+from typing import List, Optional
+
+from mmengine.registry import MODELS
+from mmseg.models.segmentors import EncoderDecoder
+from torch import nn
+
+from .memory_saving import GRANULARITIES, enable_memory_saving
+
+__all__ = ['MRevNetEncoderDecoder', 'enable_memory_saving_heads']
+
+
+def enable_memory_saving_heads(
+    segmentor: nn.Module, granularity: str = 'head'
+) -> List[nn.Module]:
+    """Make the decode and auxiliary heads of ``segmentor`` memory-saving.
+
+    Works on any segmentor with a ``decode_head`` and optionally an
+    ``auxiliary_head`` (a head or an ``nn.ModuleList`` of heads), e.g.
+    mmseg's ``EncoderDecoder`` built from an unchanged config.
+
+    Args:
+        segmentor (nn.Module): The segmentor.
+        granularity (str): See
+            :func:`~mmrevnet.models.heads.enable_memory_saving`.
+            Defaults to ``'head'``.
+
+    Returns:
+        list[nn.Module]: The heads made memory-saving.
+    """
+    heads = []
+    for name in ('decode_head', 'auxiliary_head'):
+        head = getattr(segmentor, name, None)
+        if head is None:
+            continue
+        if type(head) is nn.ModuleList:
+            heads.extend(head)
+        else:
+            heads.append(head)
+    if not heads:
+        raise ValueError(
+            f'{type(segmentor).__name__} has no decode_head or auxiliary_head'
+        )
+    for head in heads:
+        enable_memory_saving(head, granularity)
+    return heads
+
+
+@MODELS.register_module()
+class MRevNetEncoderDecoder(EncoderDecoder):
+    """mmseg ``EncoderDecoder`` whose heads recompute their activations.
+
+    Takes every argument of mmseg's ``EncoderDecoder`` and has the same
+    state-dict keys; in training the decode and auxiliary heads store only
+    their inputs (the backbone outputs, stored anyway) and recompute the
+    rest in the backward pass, BN-exactly (running statistics updated
+    once), with dropout masks replayed and autocast re-entered. In eval
+    mode and under ``no_grad`` the heads run plainly.
+
+    Args:
+        memory_saving_heads (str, optional): ``'head'`` recomputes each
+            head as a whole (the head stores nothing beyond its inputs);
+            ``'module'`` recomputes each parametrised submodule of a head
+            separately (stores the tensors between them); None trains the
+            heads plainly. Defaults to ``'head'``.
+        **kwargs: Arguments of mmseg's ``EncoderDecoder``.
+    """
+
+    def __init__(self, memory_saving_heads: Optional[str] = 'head', **kwargs):
+        if memory_saving_heads is not None and (
+            memory_saving_heads not in GRANULARITIES
+        ):
+            raise ValueError(
+                'MRevNetEncoderDecoder: memory_saving_heads must be one of '
+                f'{GRANULARITIES} or None, got {memory_saving_heads!r}'
+            )
+        super().__init__(**kwargs)
+        self.memory_saving_heads = memory_saving_heads
+        if memory_saving_heads is not None:
+            enable_memory_saving_heads(self, memory_saving_heads)
