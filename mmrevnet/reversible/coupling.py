@@ -22,7 +22,7 @@ the next run of blocks.
 
 import math
 import struct
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -59,6 +59,11 @@ def inverse_position(x_next: Tensor, v_next: Tensor) -> Tensor:
     return x_next - v_next
 
 
+def inverse_position_(x_next: Tensor, v_next: Tensor) -> Tensor:
+    """:func:`inverse_position` written into ``x_next``'s memory."""
+    return x_next.sub_(v_next)
+
+
 def gamma_as_computed(gamma: float, dtype: torch.dtype) -> float:
     """``gamma`` rounded as :func:`forward_step`'s kernel rounds it.
 
@@ -77,10 +82,19 @@ def gamma_as_computed(gamma: float, dtype: torch.dtype) -> float:
     return struct.unpack('<f', struct.pack('<f', gamma))[0]
 
 
-def inverse_velocity(v_next: Tensor, fx: Tensor, gamma: float) -> Tensor:
-    """``v_t`` from ``v_{t+1}`` and ``F_t(x_t)``."""
+def inverse_velocity(
+    v_next: Tensor, fx: Tensor, gamma: float, out: Optional[Tensor] = None
+) -> Tensor:
+    """``v_t`` from ``v_{t+1}`` and ``F_t(x_t)`` (into ``out`` if given)."""
     g = gamma_as_computed(gamma, v_next.dtype)
-    return torch.sub(v_next, fx.to(v_next.dtype), alpha=1.0 - g).div_(g)
+    fx = fx.to(v_next.dtype)
+    return torch.sub(v_next, fx, alpha=1.0 - g, out=out).div_(g)
+
+
+def inverse_velocity_(v_next: Tensor, fx: Tensor, gamma: float) -> Tensor:
+    """:func:`inverse_velocity` written into ``v_next``'s memory."""
+    g = gamma_as_computed(gamma, v_next.dtype)
+    return v_next.sub_(fx.to(v_next.dtype), alpha=1.0 - g).div_(g)
 
 
 def amplification(gamma: float, steps: int) -> float:

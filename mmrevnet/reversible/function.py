@@ -37,7 +37,9 @@ from .coupling import (
     forward_step,
     gamma_as_computed,
     inverse_position,
+    inverse_position_,
     inverse_velocity,
+    inverse_velocity_,
 )
 from .state import AutocastState, RNGState, frozen_norm_buffers
 
@@ -160,14 +162,25 @@ class MomentumStageFunction(torch.autograd.Function):
             step: anchor_states[2 * i : 2 * i + 2]
             for i, step in enumerate(ctx.anchor_steps)
         }
+        drift_reference = saved[2 + 2 * num_anchors :]
+        del saved, anchor_states
         report = ctx.report
         if report is not None:
             _check_finite(ctx.name, 'forward output', x, v)
         gamma = ctx.gamma
         params = ctx.params
         param_grads: List[Optional[Tensor]] = [None] * ctx.num_params
+        # Buffers are reused so that a block's backward holds no more than
+        # it needs: the stage output, one working position, one velocity,
+        # the recomputed F_t, and the two adjoints grad_x and cotangent.
+        # The saved velocity and stored states become working memory when
+        # the graph is not kept for another backward (x_T is the stage's
+        # output: it is never overwritten).
+        saved_are_ours = not _graph_kept()
+        owns_x, owns_v, owns_grad_x = False, saved_are_ours, False
         grad_x = grad_output
-        owns_grad_x = False
+        # A buffer of the stage's shape that is ours and free.
+        spare: Optional[Tensor] = None
         # cotangent of F_t(x_t): (1 - gamma) * (dL/dx_{t+1} + dL/dv_{t+1}),
         # carried from step to step as
         #   cotangent_t = (1 - gamma) * grad_x + gamma * cotangent_{t+1},
@@ -178,8 +191,11 @@ class MomentumStageFunction(torch.autograd.Function):
             if step in anchors:
                 # The stored state is exact: evaluate F_t on it.
                 x, v_stored = anchors[step]
+                owns_x = saved_are_ours
+            elif owns_x:
+                x = inverse_position_(x, v)
             else:
-                x = inverse_position(x, v)
+                x, owns_x = inverse_position(x, v), True
             replay = (
                 ctx.rng_states[step].replay()
                 if ctx.preserve_rng_state
@@ -192,24 +208,57 @@ class MomentumStageFunction(torch.autograd.Function):
             indices = ctx.layout[step]
             inputs = [x_in] + [params[i] for i in indices]
             _check_closed_over(ctx.name, step, fx, inputs)
+            # v_t needs only F_t(x_t), not its gradient. Where nothing in
+            # F_t's graph keeps its output, v_t is written into the
+            # output's memory before the VJP and v_{t+1}'s is released.
+            velocity_done = False
+            if step in anchors:
+                old_v, v = v, v_stored
+                velocity_done = True
+            elif _output_reusable(fx, v):
+                old_v = v
+                v = inverse_velocity(v, fx.detach(), gamma, out=fx.detach())
+                velocity_done = True
+            if velocity_done:
+                if owns_v and spare is None:
+                    spare = old_v
+                owns_v = step not in anchors or saved_are_ours
+                del old_v
             if cotangent is None:
                 g = gamma_as_computed(gamma, grad_x.dtype)
-                cotangent = (1.0 - g) * grad_x
-            else:
-                cotangent = torch.lerp(grad_x, cotangent, gamma)
-            grads = torch.autograd.grad(
-                fx,
-                inputs,
-                grad_outputs=cotangent.to(fx.dtype),
-                allow_unused=True,
-            )
-            if grads[0] is not None:
-                if owns_grad_x:
-                    grad_x.add_(grads[0].to(grad_x.dtype))
+                if spare is not None and spare.dtype == grad_x.dtype:
+                    cotangent = torch.mul(grad_x, 1.0 - g, out=spare)
                 else:
-                    # autograd's grad_output is not ours to modify.
-                    grad_x = grad_x + grads[0].to(grad_x.dtype)
-                    owns_grad_x = True
+                    cotangent = (1.0 - g) * grad_x
+            else:
+                cotangent.lerp_(grad_x, 1.0 - gamma)
+            spare = None
+            grads = list(
+                torch.autograd.grad(
+                    fx,
+                    inputs,
+                    grad_outputs=cotangent.to(fx.dtype),
+                    allow_unused=True,
+                )
+            )
+            del inputs, x_in
+            # The rest of the loop updates cotangent in place: no gradient
+            # may keep referring to it (an identity-like F passes the
+            # cotangent itself through).
+            for i, grad in enumerate(grads):
+                if grad is not None and _shares_storage(grad, cotangent):
+                    grads[i] = grad.clone()
+            grad_in = grads[0]
+            if grad_in is not None:
+                grad_in = grad_in.to(grad_x.dtype)
+                if owns_grad_x:
+                    grad_x.add_(grad_in)
+                elif _is_dense(grad_in):
+                    # autograd's grad_output is not ours to modify; the
+                    # fresh input gradient is.
+                    grad_x, owns_grad_x = grad_in.add_(grad_x), True
+                else:  # e.g. an expanded gradient: no in-place write
+                    grad_x, owns_grad_x = grad_in + grad_x, True
             for index, grad in zip(indices, grads[1:]):
                 if grad is None:
                     continue
@@ -217,21 +266,73 @@ class MomentumStageFunction(torch.autograd.Function):
                 param_grads[index] = (
                     grad if current is None else (current + grad)
                 )
-            if step in anchors:
-                v = v_stored
-            else:
-                v = inverse_velocity(v, fx.detach(), gamma)
+            del grads, grad_in
+            if not velocity_done:
+                fx = fx.detach()
+                if owns_v:
+                    v = inverse_velocity_(v, fx, gamma)
+                else:
+                    v, owns_v = inverse_velocity(v, fx, gamma), True
+            del fx
         if report is not None:
             _check_finite(ctx.name, 'reconstructed stage input', x, v)
-            x_true, v_true = saved[2 + 2 * num_anchors :]
+            x_true, v_true = drift_reference
             report.position_drift = _relative_max_error(x, x_true)
             report.velocity_drift = _relative_max_error(v, v_true, floor=1.0)
         grad_v0 = None
         if ctx.has_v0 and ctx.needs_input_grad[5] and cotangent is not None:
             g = gamma_as_computed(gamma, cotangent.dtype)
-            grad_v0 = cotangent * (g / (1.0 - g))
+            grad_v0 = cotangent.mul_(g / (1.0 - g))
         grad_x0 = grad_x if ctx.needs_input_grad[4] else None
         return (None, None, None, None, grad_x0, grad_v0, *param_grads)
+
+
+def _graph_kept() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph``).
+
+    Unknown (the query is private to torch) counts as kept, which only
+    costs memory.
+    """
+    query = getattr(
+        torch._C._autograd, '_get_current_graph_task_keep_graph', None
+    )
+    if query is None:
+        return True
+    try:
+        return bool(query())
+    except RuntimeError:
+        return True
+
+
+def _output_reusable(fx: Tensor, v: Tensor) -> bool:
+    """Whether ``fx``'s memory may take ``v_t`` before the VJP of ``F_t``.
+
+    Only when no node of the graph can read ``fx`` again: it is not a view,
+    its node does not keep its result (as ReLU or tanh do) and is not a
+    custom Function (whose saved tensors are not visible). Same dtype and
+    shape as ``v`` and no overlapping memory, so that ``v_t`` fits.
+    """
+    node = fx.grad_fn
+    return (
+        node is not None
+        and fx._base is None
+        and fx.dtype == v.dtype
+        and fx.shape == v.shape
+        and _is_dense(fx)
+        and not hasattr(node, '_saved_result')
+        and not isinstance(node, torch.autograd.function.BackwardCFunction)
+    )
+
+
+def _is_dense(tensor: Tensor) -> bool:
+    """No two elements share memory, so an in-place update is allowed."""
+    return tensor.is_contiguous() or tensor.is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def _shares_storage(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _check_closed_over(

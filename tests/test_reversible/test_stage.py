@@ -192,3 +192,85 @@ def test_frozen_parameter_is_not_a_closure():
     stage(x).sum().backward()
     assert functions[1][0].weight.grad is None
     assert functions[0][0].weight.grad is not None
+
+
+@pytest.mark.parametrize('gamma', [0.9, 0.5])
+def test_retain_graph_twice_with_buffer_reuse(gamma):
+    """The saved stage end and stored states become working memory only
+    when the graph is not kept: two backward passes give twice the grads."""
+    functions = _conv_functions(20, seed=3)
+    for f in functions:
+        f.double()
+    kwargs = dict(gamma=gamma)
+    if gamma == 0.5:
+        with pytest.warns(UserWarning, match='intermediate state'):
+            stage = MomentumSequential(functions, **kwargs)
+    else:
+        stage = MomentumSequential(functions, **kwargs)
+    plain = copy.deepcopy(stage)
+    plain.configure(memory_saving=False)
+    grads = []
+    for module in (stage, plain):
+        torch.manual_seed(0)
+        x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+        loss = module(x).pow(2).sum()
+        loss.backward(retain_graph=True)
+        first = x.grad.clone()
+        loss.backward()
+        grads.append((first, x.grad))
+    (first, second), (plain_first, plain_second) = grads
+    torch.testing.assert_close(second, 2 * first, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(first, plain_first, rtol=1e-9, atol=1e-12)
+
+
+_ELEMENTWISE = {
+    'aten::add',
+    'aten::add_',
+    'aten::sub',
+    'aten::sub_',
+    'aten::mul',
+    'aten::mul_',
+    'aten::div',
+    'aten::div_',
+    'aten::lerp',
+    'aten::lerp_',
+}
+
+
+class _FullSizeCounter(TorchDispatchMode):
+    """Counts elementwise ops whose output has ``numel`` elements."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel = numel
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (
+            func._schema.name.split('.')[0] in _ELEMENTWISE
+            and isinstance(out, torch.Tensor)
+            and out.numel() == self.numel
+        ):
+            self.count += 1
+        return out
+
+
+def test_passes_over_full_tensors_per_block():
+    """Forward: v = lerp(F, v, gamma), x + v. Backward per block: x - v,
+    the cotangent lerp, grad_x += J^T g, v - (1 - g) F, / g (and one
+    (1 - gamma) * grad at the start). F is a bias-free conv, which adds no
+    elementwise pass of its own."""
+    blocks = 6
+    torch.manual_seed(0)
+    functions = [nn.Conv2d(4, 4, 3, padding=1, bias=False)] * blocks
+    stage = MomentumSequential(functions, gamma=0.9)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    with _FullSizeCounter(x.numel()) as forward:
+        out = stage(x)
+    loss = (out * out).sum()
+    with _FullSizeCounter(x.numel()) as backward:
+        loss.backward()
+    assert forward.count == 2 * blocks
+    # (out * out).sum() backward adds 2 multiplications of its own.
+    assert backward.count - 2 == 5 * blocks + 1

@@ -219,14 +219,17 @@ def test_mmpretrain_checkpoint_loads_through_pretrained(
 
 
 def test_mmpretrain_classifier_checkpoint_with_prefix(tmp_path):
+    from mmengine.registry import DefaultScope
     from mmpretrain.models import ImageClassifier
 
     torch.manual_seed(0)
-    classifier = ImageClassifier(
-        backbone=dict(type='ResNetV1c', depth=18),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=4, in_channels=512),
-    )
+    # Another test may have left mmseg as the default scope.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        classifier = ImageClassifier(
+            backbone=dict(type='ResNetV1c', depth=18),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=4, in_channels=512),
+        )
     _randomize_norms(classifier)
     path = tmp_path / 'classifier.pth'
     torch.save({'state_dict': classifier.state_dict()}, path)
