@@ -103,6 +103,13 @@ class StageConfig:
             reconstruction for non-finite values (two stored tensors and
             four host synchronisations per stage and backward: a debugging
             aid, off on the training hot path). Defaults to False.
+        stored_blocks (int): In the ``'reversible'`` mode, how many
+            functions, from the start of the stage, keep their activations
+            (plain autograd, no recomputation); the rest are reversed. The
+            plan of a memory budget: from 0 (all reversed, the least
+            memory) to ``num_functions`` (nothing recomputed). Ignored by
+            the other modes, which keep (or checkpoint) every function.
+            Defaults to 0.
     """
 
     num_functions: int
@@ -112,6 +119,7 @@ class StageConfig:
     max_amplification: float = DEFAULT_MAX_AMPLIFICATION
     preserve_rng_state: bool = True
     track_drift: bool = False
+    stored_blocks: int = 0
     #: Blocks between stored states in fp32/fp64 (0: none). Derived.
     anchor_interval: int = dataclasses.field(init=False)
     #: The same under 16-bit autocast. Derived.
@@ -142,10 +150,21 @@ class StageConfig:
             )
         _check_flag('preserve_rng_state', self.preserve_rng_state)
         _check_flag('track_drift', self.track_drift)
+        kept = self.stored_blocks
+        if (
+            isinstance(kept, bool)
+            or not isinstance(kept, numbers.Integral)
+            or not 0 <= kept <= self.num_functions
+        ):
+            raise ValueError(
+                f'stored_blocks must be an int in [0, {self.num_functions}] '
+                f'(the functions of stage {self.name!r}), got {kept!r}'
+            )
         gamma = check_gamma(self.gamma, self.memory_saving)
         derived = dict(
             gamma=gamma,
             num_functions=int(self.num_functions),
+            stored_blocks=int(kept),
             max_amplification=float(bound),
             anchor_interval=0,
             low_precision_anchor_interval=0,
@@ -171,11 +190,18 @@ class StageConfig:
         return self.mode == 'checkpoint'
 
     @property
-    def num_stored_states(self) -> int:
-        """States ``(x_t, v_t)`` saved inside the stage besides the end."""
-        if not self.anchor_interval:
+    def num_reversed(self) -> int:
+        """Functions whose activations the backward reconstructs."""
+        if not self.memory_saving:
             return 0
-        return (self.num_functions - 1) // self.anchor_interval
+        return self.num_functions - self.stored_blocks
+
+    @property
+    def num_stored_states(self) -> int:
+        """States ``(x_t, v_t)`` saved inside the reversed part."""
+        if not self.anchor_interval or not self.num_reversed:
+            return 0
+        return (self.num_reversed - 1) // self.anchor_interval
 
     def anchor_interval_for(self, low_precision: bool) -> int:
         """Blocks between stored states (0: none) for the forward's precision.
@@ -211,12 +237,14 @@ class StageConfig:
         return dataclasses.replace(self, **changes)
 
     def _interval(self, gamma: float, max_amplification: float) -> int:
-        if amplification(gamma, self.num_functions) <= max_amplification:
+        steps = self.num_functions - self.stored_blocks
+        if amplification(gamma, steps) <= max_amplification:
             return 0
         return state_anchor_interval(gamma, max_amplification)
 
     def _plan_stored_states(self, gamma: float, bound: float) -> int:
-        steps = int(self.num_functions)
+        # Only the reversed functions divide by gamma.
+        steps = int(self.num_functions - self.stored_blocks)
         growth = amplification(gamma, steps)
         if growth <= bound:
             return 0
@@ -355,13 +383,20 @@ class MomentumStage:
                 f'got {tuple(v0.shape)}'
             )
         if self.uses_memory_saving(functions, x, v0, training):
+            kept = config.stored_blocks
+            if kept:
+                # The kept functions run under plain autograd; the reversed
+                # rest starts from their state, its velocity an input.
+                x, v0 = self._plain(functions[:kept], x, v0, keep_v=True)
+            if kept == len(functions):
+                return x
             report = self.report if config.track_drift else None
             return momentum_stage_memory_saving(
-                config, functions, x, v0, report
+                config, functions[kept:], x, v0, report
             )
         return self._plain(functions, x, v0)
 
-    def _plain(self, functions, x, v0):
+    def _plain(self, functions, x, v0, keep_v: bool = False):
         gamma = self._config.gamma
         v = torch.zeros_like(x) if v0 is None else v0
         checkpoint = (
@@ -372,4 +407,4 @@ class MomentumStage:
         for function in functions:
             fx = checkpointed_call(function, x) if checkpoint else function(x)
             x, v = forward_step(x, v, fx, gamma)
-        return x
+        return (x, v) if keep_v else x

@@ -274,3 +274,41 @@ def test_passes_over_full_tensors_per_block():
     assert forward.count == 2 * blocks
     # (out * out).sum() backward adds 2 multiplications of its own.
     assert backward.count - 2 == 5 * blocks + 1
+
+
+@pytest.mark.parametrize('kept', [0, 1, 7, 12])
+def test_plans_match_plain_path(kept):
+    """float64: any number of kept functions gives the plain path's
+    output, input/velocity gradients, parameter gradients and BN buffers."""
+    functions = _conv_functions(12, seed=5)
+    for f in functions:
+        f.double()
+    stage = MomentumSequential(functions, gamma=0.9, stored_blocks=kept)
+    plain = copy.deepcopy(stage)
+    plain.configure(memory_saving=False)
+    assert stage.config.num_reversed == 12 - kept
+    results = []
+    for module in (stage, plain):
+        torch.manual_seed(0)
+        x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+        v0 = torch.randn_like(x).requires_grad_()
+        out = module(x, v0)
+        params = list(module.parameters())
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, v0, *params])
+        results.append((out, grads, [b.clone() for b in module.buffers()]))
+    (out, grads, buffers), (out_ref, grads_ref, buffers_ref) = results
+    assert torch.equal(out, out_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+    for b, b_ref in zip(buffers, buffers_ref):
+        assert torch.equal(b, b_ref)
+
+
+def test_plan_is_validated_and_shortens_stored_states():
+    with pytest.raises(ValueError, match=r'stored_blocks must be an int'):
+        StageConfig(5, stored_blocks=6)
+    with pytest.warns(UserWarning, match='intermediate state'):
+        full = StageConfig(20, gamma=0.5)
+    # Only the 4 reversed functions divide by gamma: no stored state.
+    short = full.replace(stored_blocks=16)
+    assert short.num_reversed == 4 and short.anchor_interval == 0

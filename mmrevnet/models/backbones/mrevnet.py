@@ -165,7 +165,7 @@ class MomentumResLayer(Sequential):
         num_blocks (int): Blocks in the stage (at least 1).
         stage (MomentumStage): The momentum stage; its mode also decides
             whether block 0 is checkpointed in training (any mode but
-            ``'plain'``).
+            ``'plain'``, unless ``keep_transition``).
         stride (int): Stride of block 0. Defaults to 1.
         dilation (int): Dilation of the stage. Defaults to 1.
         avg_down (bool): AvgPool before the downsample conv.
@@ -183,6 +183,8 @@ class MomentumResLayer(Sequential):
         drop_path_rates (Sequence[float], optional): Stochastic depth rate
             of each block of the stage; None drops nothing.
             Defaults to None.
+        keep_transition (bool): Keep block 0's activations instead of
+            checkpointing it (part of a memory plan). Defaults to False.
         **kwargs: Passed to every block (``style``, ``init_cfg``).
     """
 
@@ -203,6 +205,7 @@ class MomentumResLayer(Sequential):
         residual_fn: str = 'branch',
         expansion: Optional[int] = None,
         drop_path_rates: Optional[Sequence[float]] = None,
+        keep_transition: bool = False,
         **kwargs,
     ):
         downsample = None
@@ -276,6 +279,7 @@ class MomentumResLayer(Sequential):
             blocks.append(function)
         super().__init__(*blocks)
         self.stage = stage
+        self.keep_transition = keep_transition
 
     @property
     def functions(self):
@@ -286,6 +290,7 @@ class MomentumResLayer(Sequential):
         transition = self[0]
         if (
             self.stage.config.mode != 'plain'
+            and not self.keep_transition
             and self.training
             and _needs_grad([transition], x)
         ):
@@ -556,6 +561,17 @@ class MRevNet(ResNet):
             gamma or deeper stages store intermediate states to stay below
             it (see ``mmrevnet.reversible.coupling``). None uses 2**8.
             Defaults to None.
+        stored_blocks (Sequence[int], optional): The memory plan of
+            ``memory_saving=True``: per stage, how many blocks from its
+            start keep their activations instead of being recomputed
+            (block 0, the transition block, is checkpointed otherwise; the
+            momentum blocks are reversed). From 0 (the least memory) to
+            the stage's number of blocks (no recomputation in that stage);
+            ``tools/analysis_tools/plan_memory.py`` picks one for a budget.
+            None keeps nothing. Defaults to None.
+        store_stem (bool): With ``memory_saving=True`` or ``with_cp``, keep
+            the stem's activations instead of checkpointing it.
+            Defaults to False.
     """
 
     def __init__(
@@ -591,6 +607,8 @@ class MRevNet(ResNet):
         track_drift: bool = False,
         max_amplification: Optional[float] = None,
         drop_path_rate: float = 0.0,
+        stored_blocks: Optional[Sequence[int]] = None,
+        store_stem: bool = False,
     ):
         _check_arguments(
             arch_settings=self.arch_settings,
@@ -620,6 +638,12 @@ class MRevNet(ResNet):
             0, drop_path_rate, sum(stage_blocks), device='cpu'
         ).tolist()
         self.drop_path_rate = drop_path_rate
+        self.stored_blocks = _check_plan(
+            stored_blocks, stage_blocks[:num_stages], memory_saving
+        )
+        if not isinstance(store_stem, bool):
+            raise TypeError(f'store_stem must be a bool, got {store_stem!r}')
+        self.store_stem = store_stem
         # The stage settings, validated once here (every stage's config is
         # this one with its own length and name).
         self._stage_config = StageConfig(
@@ -703,11 +727,15 @@ class MRevNet(ResNet):
             )
         first = sum(self.stage_blocks[:index])
         rates = self._drop_path_rates[first : first + kwargs['num_blocks']]
+        stored = self.stored_blocks[index]
         config = self._stage_config.replace(
-            num_functions=kwargs['num_blocks'] - 1, name=f'layer{index + 1}'
+            num_functions=kwargs['num_blocks'] - 1,
+            name=f'layer{index + 1}',
+            stored_blocks=max(stored - 1, 0),
         )
         return MomentumResLayer(
             stage=MomentumStage.from_config(config),
+            keep_transition=stored > 0,
             residual_fn=self.residual_fn,
             expansion=self.expansion,
             drop_path_rates=rates,
@@ -737,6 +765,7 @@ class MRevNet(ResNet):
         stem_modules = self._stem_modules()
         if (
             self.stage_mode != 'plain'
+            and not self.store_stem
             and self.training
             and _needs_grad(stem_modules, x)
         ):
@@ -798,6 +827,31 @@ class MRevNetV1d(MRevNet):
             type(self).__name__, kwargs, deep_stem=True, avg_down=True
         )
         super().__init__(deep_stem=True, avg_down=True, **kwargs)
+
+
+def _check_plan(stored_blocks, stage_blocks, memory_saving: bool) -> tuple:
+    """``stored_blocks`` as a tuple of ints, one per stage, in range."""
+    if stored_blocks is None:
+        return (0,) * len(stage_blocks)
+    if (
+        not isinstance(stored_blocks, Sequence)
+        or len(stored_blocks) != len(stage_blocks)
+        or not all(
+            _is_int(k) and 0 <= k <= n
+            for k, n in zip(stored_blocks, stage_blocks)
+        )
+    ):
+        raise ValueError(
+            'stored_blocks must give, per stage, an int from 0 to the '
+            f"stage's number of blocks {tuple(stage_blocks)}; got "
+            f'{stored_blocks!r}'
+        )
+    if not memory_saving and any(stored_blocks):
+        raise ValueError(
+            'stored_blocks is the plan of memory_saving=True; with '
+            'memory_saving=False every block keeps its activations'
+        )
+    return tuple(int(k) for k in stored_blocks)
 
 
 def _check_fixed(name: str, kwargs: dict, **fixed) -> None:

@@ -69,9 +69,20 @@ def test_activation_memory_ratios_d8():
 # -- 2. gradients and BN buffers -------------------------------------------
 
 
-@pytest.mark.parametrize('residual_fn', ['branch', 'block'])
-def test_memory_saving_gradients_and_buffers_match_plain(residual_fn):
-    """float64, depth 50: every gradient and BN buffer, rel. error <= 3e-9.
+@pytest.mark.parametrize(
+    'residual_fn,plan',
+    [
+        ('branch', {}),
+        ('block', {}),
+        # Memory plans: kept and reversed blocks mixed in every stage.
+        ('branch', dict(stored_blocks=(1, 0, 3, 2))),
+        ('block', dict(stored_blocks=(0, 2, 5, 1), store_stem=True)),
+        ('branch', dict(stored_blocks=(3, 4, 6, 3), store_stem=True)),
+    ],
+)
+def test_memory_saving_gradients_and_buffers_match_plain(residual_fn, plan):
+    """float64, depth 50: every gradient and BN buffer, rel. error <= 3e-9,
+    for the default plan (everything recomputed) and mixed plans.
 
     Measured (max over parameters of max|g - g_ref| / max|g_ref|):
     'branch' 1.2e-9, 'block' 8.7e-12. The randomised BN statistics make
@@ -88,7 +99,7 @@ def test_memory_saving_gradients_and_buffers_match_plain(residual_fn):
     reference.init_weights()
     _randomize_norms(reference)
     reference = reference.double()
-    saving = MRevNetV1c(depth=50, residual_fn=residual_fn).double()
+    saving = MRevNetV1c(depth=50, residual_fn=residual_fn, **plan).double()
     saving.load_state_dict(reference.state_dict())
     reference.train()
     saving.train()
@@ -110,6 +121,13 @@ def test_memory_saving_gradients_and_buffers_match_plain(residual_fn):
     assert saving.layer3.stage.uses_memory_saving(
         saving.layer3.functions, torch.zeros(1, requires_grad=True), None, True
     )
+    stored = plan.get('stored_blocks', (0, 0, 0, 0))
+    for index, name in enumerate(saving.res_layers):
+        layer = getattr(saving, name)
+        assert layer.keep_transition == (stored[index] > 0)
+        assert layer.stage.config.num_reversed == len(layer) - max(
+            stored[index], 1
+        )
     for out_ref, out in zip(results[0][0], results[1][0]):
         assert torch.equal(out_ref, out)
     names = [name for name, _ in reference.named_parameters()]
