@@ -1,0 +1,211 @@
+"""Where every committed result comes from, and whether it is still current.
+
+Each entry of :data:`RESULTS` names the files a command writes under
+``docs/``, the command, and the source files the numbers depend on. After
+a result is regenerated, ``python tools/analysis_tools/provenance.py stamp
+NAME`` records in ``docs/provenance.json`` the command, the commit it ran
+on and a fingerprint (sha256) of those source files. The test
+``tests/test_benchmarks/test_provenance.py`` recomputes the fingerprints:
+when code under a result has changed since it was made, or a result file
+is missing, it fails, naming the file and the command to rerun.
+
+Results that need hardware this project's CI machine does not have (the
+GPU runs) are ``historical``: their record keeps the commit they were
+measured on, and the documents that quote them say so; they are not
+compared with the current sources.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os.path as osp
+import subprocess
+from typing import Dict, List, Sequence, Tuple
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MANIFEST = 'docs/provenance.json'
+
+# What every measured number depends on: the reversible core and models.
+_CORE = ('mmrevnet/reversible/*.py',)
+_MODELS = _CORE + (
+    'mmrevnet/models/*.py',
+    'mmrevnet/models/backbones/*.py',
+    'mmrevnet/models/heads/*.py',
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """A committed result: its files, its command, its sources.
+
+    Args:
+        outputs (Sequence[str]): Files the command writes (repo-relative).
+        command (str): The command that writes them, from the repo root.
+        sources (Sequence[str]): Globs of the files the numbers depend on.
+        historical (str): Non-empty for results this machine cannot
+            remake: why, and where the documents say so.
+    """
+
+    outputs: Sequence[str]
+    command: str
+    sources: Sequence[str] = ()
+    historical: str = ''
+
+
+_BENCHMARK_SOURCES = _MODELS + (
+    'mmrevnet/analysis/memory.py',
+    'benchmarks/benchmark.py',
+    'tools/analysis_tools/benchmark_memory.py',
+)
+
+RESULTS: Dict[str, Result] = {
+    'toy_dynamics': Result(
+        outputs=(
+            'docs/toy_dynamics/results.json',
+            'docs/toy_dynamics/results.md',
+            'docs/toy_dynamics/cube_trajectories.png',
+            'docs/toy_dynamics/rings_snapshots.png',
+        ),
+        command='python tools/analysis_tools/toy_dynamics.py '
+        '--out-dir docs/toy_dynamics',
+        sources=_CORE
+        + (
+            'benchmarks/toy_dynamics.py',
+            'tools/analysis_tools/toy_dynamics.py',
+        ),
+    ),
+    'benchmark_cpu': Result(
+        outputs=(
+            'docs/benchmark/cpu/benchmark.json',
+            'docs/benchmark/cpu/benchmark.md',
+            'docs/benchmark/cpu/benchmark.png',
+        ),
+        command='python tools/analysis_tools/benchmark_memory.py '
+        '--out-dir docs/benchmark/cpu --depths 50 101 '
+        '--heads backbone pspnet deeplabv3 upernet '
+        '--variants ResNetV1c "ResNetV1c (with_cp)" MRevNetV1c '
+        '"MRevNetV1c + memory-saving heads"',
+        sources=_BENCHMARK_SOURCES,
+    ),
+    'bad_input': Result(
+        outputs=('docs/bad_input.md',),
+        command='python tools/analysis_tools/bad_input_table.py',
+        sources=_MODELS
+        + (
+            'mmrevnet/engine/*.py',
+            'benchmarks/bad_inputs.py',
+            'tools/analysis_tools/bad_input_table.py',
+        ),
+    ),
+    'gpu_h100': Result(
+        outputs=(
+            'docs/benchmark/gpu/h100_full_dcad7fe/benchmark.json',
+            'docs/benchmark/gpu/h100_101_9d13784/benchmark.json',
+            'docs/benchmark/gpu/h100_101_repeat15_9d13784/benchmark.json',
+        ),
+        command='bash tools/analysis_tools/benchmark_gpu.sh',
+        historical='measured on one H100 at commits dcad7fe and 9d13784; '
+        'no GPU was lent since, so they describe that code, as '
+        'docs/benchmark/gpu/README.md and the README say',
+    ),
+}
+
+
+def source_files(result: Result) -> List[str]:
+    """The repo-relative files matched by ``result.sources``, sorted."""
+    files = set()
+    for pattern in result.sources:
+        matches = glob.glob(osp.join(REPO, pattern))
+        if not matches:
+            raise FileNotFoundError(f'no file matches source {pattern!r}')
+        files.update(osp.relpath(m, REPO) for m in matches)
+    return sorted(files)
+
+
+def fingerprint(files: Sequence[str]) -> str:
+    """sha256 over the names and contents of ``files`` (repo-relative)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b'\0')
+        with open(osp.join(REPO, name), 'rb') as f:
+            digest.update(f.read())
+        digest.update(b'\0')
+    return digest.hexdigest()
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ['git', *args], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def read_manifest() -> Dict[str, dict]:
+    path = osp.join(REPO, MANIFEST)
+    if not osp.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def stamp(name: str) -> dict:
+    """Record how result ``name`` was just made (after running its command).
+
+    Returns:
+        dict: The record written to ``docs/provenance.json``.
+    """
+    result = RESULTS[name]
+    missing = [p for p in result.outputs if not osp.isfile(osp.join(REPO, p))]
+    if missing:
+        raise FileNotFoundError(f'{name}: result files missing: {missing}')
+    files = source_files(result)
+    dirty = bool(_git('status', '--porcelain', '--', *files))
+    record = dict(
+        command=result.command,
+        commit=_git('rev-parse', '--short=12', 'HEAD')
+        + (' (with uncommitted changes to its sources)' if dirty else ''),
+        sources=files,
+        fingerprint=fingerprint(files),
+        outputs=list(result.outputs),
+    )
+    manifest = read_manifest()
+    manifest[name] = record
+    with open(osp.join(REPO, MANIFEST), 'w') as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write('\n')
+    return record
+
+
+def stale_results() -> List[Tuple[str, str]]:
+    """``(name, reason)`` of every result that is missing or out of date."""
+    manifest = read_manifest()
+    problems = []
+    for name, result in RESULTS.items():
+        record = manifest.get(name)
+        rerun = (
+            f'rerun `{result.command}`, then '
+            f'`python tools/analysis_tools/provenance.py stamp {name}`'
+        )
+        missing = [
+            p for p in result.outputs if not osp.isfile(osp.join(REPO, p))
+        ]
+        if missing:
+            problems.append((name, f'{missing} missing: {rerun}'))
+            continue
+        if record is None:
+            problems.append((name, f'no record in {MANIFEST}: {rerun}'))
+            continue
+        if result.historical:
+            continue
+        files = source_files(result)
+        if record.get('fingerprint') != fingerprint(files):
+            changed = sorted(set(files) ^ set(record.get('sources', [])))
+            detail = f' (files added/removed: {changed})' if changed else ''
+            problems.append(
+                (
+                    name,
+                    f'{list(result.outputs)} were made from sources that '
+                    f'changed since{detail}: {rerun}',
+                )
+            )
+    return problems
