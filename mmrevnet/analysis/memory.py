@@ -259,6 +259,10 @@ class StepPeak:
             ``torch.cuda.max_memory_allocated`` of the same step minus
             ``torch.cuda.memory_allocated`` before it (gradients included,
             caching-allocator block sizes); None on CPU.
+        cuda_start_bytes (int, optional): On CUDA,
+            ``torch.cuda.memory_allocated`` before the step (parameters,
+            buffers, optimizer state, other models); None on CPU, whose
+            allocator keeps no such total.
     """
 
     peak_bytes: int
@@ -268,6 +272,7 @@ class StepPeak:
     num_allocations: int
     peak_op: Optional[str] = None
     cuda_step_peak_bytes: Optional[int] = None
+    cuda_start_bytes: Optional[int] = None
 
     @property
     def peak_mib(self) -> float:
@@ -384,9 +389,6 @@ def step_peak(
     if device.type == 'cuda' and device.index is None:
         device = torch.device('cuda', torch.cuda.current_device())
     on_cuda = device.type == 'cuda'
-    activities = [ProfilerActivity.CPU]
-    if on_cuda:
-        activities.append(ProfilerActivity.CUDA)
     if set_grads_to_none:
         model.zero_grad(set_to_none=True)
     gc.collect()
@@ -398,7 +400,11 @@ def step_peak(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with profile(activities=activities, profile_memory=True) as prof:
+        # Allocator events are recorded by the host-side profiler for
+        # every device; kernel traces (CUPTI) are not needed.
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True
+        ) as prof:
             loss = step()
             loss.backward()
             del loss
@@ -453,6 +459,7 @@ def step_peak(
         num_allocations=count,
         peak_op=peak_op,
         cuda_step_peak_bytes=cuda_peak,
+        cuda_start_bytes=resident,
     )
 
 
