@@ -385,6 +385,34 @@ def markdown_table(rows: List[Dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def peak_comparison(rows: List[Dict]) -> str:
+    """The two step peaks of each row side by side, as a markdown table.
+
+    ``step_peak_mib`` leaves the parameters' gradients out;
+    ``cuda_step_peak_mib`` (``torch.cuda.max_memory_allocated`` of the
+    same step above its start) holds those allocated so far. Both count
+    caching-allocator blocks, so the CUDA figure is expected between the
+    step peak and the step peak plus all gradients (``step_grad_mib``),
+    the two middle columns.
+    """
+    lines = [
+        '| head | depth | backbone | step peak (MiB) | + all gradients (MiB) '
+        '| CUDA step peak (MiB) |',
+        '|---|---|---|---|---|---|',
+    ]
+
+    def fmt(value):
+        return '-' if value is None else f'{value:.1f}'
+
+    for r in rows:
+        peak, grads = r.get('step_peak_mib'), r.get('step_grad_mib')
+        both = None if peak is None or grads is None else peak + grads
+        cells = [r['head'], str(r['depth']), r['variant'], fmt(peak)]
+        cells += [fmt(both), fmt(r.get('cuda_step_peak_mib'))]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def plot(rows: List[Dict], out_file: str) -> str:
     """Activation memory vs depth per variant and head; time ratios."""
     import matplotlib

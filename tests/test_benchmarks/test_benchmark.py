@@ -10,6 +10,7 @@ import pytest
 from benchmarks.benchmark import (
     BASELINE,
     markdown_table,
+    peak_comparison,
     plot,
     ratios,
     run_benchmark,
@@ -60,6 +61,20 @@ def test_memory_rows_are_deterministic_and_ordered():
     assert table.count('\n') == 2 + len(rows)
     assert 'MRevNetV1c' in table and 'time vs plain' not in table
     assert 'step peak (MiB)' in table and 'peak vs with_cp' in table
+
+
+def test_peak_comparison_table():
+    row = dict(head='backbone', depth=50, variant=BASELINE)
+    rows = [
+        dict(row, step_peak_mib=10.0, step_grad_mib=2.5,
+             cuda_step_peak_mib=13.0),
+        dict(row, step_peak_mib=10.0, step_grad_mib=2.5,
+             cuda_step_peak_mib=None),
+    ]  # fmt: skip
+    lines = peak_comparison(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2].endswith('| 10.0 | 12.5 | 13.0 |')
+    assert lines[3].endswith('| 10.0 | 12.5 | - |')
 
 
 def test_timing_rows_have_ratios(tmp_path):
