@@ -346,7 +346,8 @@ def step_peak(
       are allocations of storages in ``exclude`` that are live at the end.
       Memory freed before the end was never a parameter's gradient, even
       at a reused address, and is counted. A gradient summed from several
-      parts (a parameter used twice) counts its parts as temporaries.
+      parts (a parameter used twice) counts its later parts as
+      temporaries until they are added in.
 
     Deliberately not the profiler's memory categories (``MemoryProfile``,
     PARAMETER / GRADIENT / OPTIMIZER_STATE): they are inferred from the
@@ -362,7 +363,9 @@ def step_peak(
     it so, grads are set to None first (as ``zero_grad`` does in
     training), so that backward allocates them instead of accumulating
     into old ones, and Python's cyclic garbage collector is paused during
-    the step (refcounting still frees everything acyclic at once). Memory
+    the step (refcounting still frees everything acyclic at once). The
+    plain and with_cp backbone-50-D8 steps of the benchmark gave the same
+    peaks at one and two threads. Memory
     that is not a torch tensor (oneDNN's scratch space, Python objects) is
     not seen.
 
