@@ -365,9 +365,8 @@ def step_peak(
     into old ones, and Python's cyclic garbage collector is paused during
     the step (refcounting still frees everything acyclic at once). The
     plain and with_cp backbone-50-D8 steps of the benchmark gave the same
-    peaks at one and two threads. Memory
-    that is not a torch tensor (oneDNN's scratch space, Python objects) is
-    not seen.
+    peaks at one and two threads. Memory that is not a torch tensor
+    (oneDNN's scratch space, Python objects) is not seen.
 
     Args:
         model (nn.Module): The model ``step`` trains; its parameters'
