@@ -256,6 +256,22 @@ def test_step_peak_counts_what_the_caller_holds():
     held.clear()
 
 
+def test_existing_gradients_are_accumulated_into():
+    """With ``set_grads_to_none=False`` and ``w.grad`` already there,
+    backward adds into it in place: nothing is left out, and the 4-byte
+    part ``sum(g * x)`` is a temporary, allocated while g and g * x are
+    live: 2N + 12."""
+    model = _ScaleExp()
+    x = torch.randn(1024)
+    step_peak(model, lambda: model(x))
+    grad = model.w.grad
+    result = step_peak(model, lambda: model(x), set_grads_to_none=False)
+    assert model.w.grad is grad
+    assert result.excluded_bytes == 0
+    assert result.peak_bytes == 2 * x.nbytes + 12
+    assert result.end_bytes == 0
+
+
 class _Scratch(torch.autograd.Function):
     """``x * w`` that allocates and frees a scratch buffer in forward."""
 
