@@ -5,13 +5,17 @@ For every depth, model variant and head it measures, in one process:
 1. activation memory: bytes of distinct storages saved for backward in one
    training step (:class:`~mmrevnet.analysis.memory.SavedTensorCounter`,
    parameters excluded); deterministic, on any device;
-2. on CUDA: ``torch.cuda.max_memory_allocated()`` of a whole training
-   step (forward + backward) after ``reset_peak_memory_stats()``, once
-   as is (``cuda_peak_mib``, which includes the weights of every model
-   of the group held on the device) and once above what was allocated
-   before the step (``cuda_step_peak_mib``: activations, gradients and
-   workspaces of this model's step alone), after one untimed step;
-3. the time of a training step (forward + backward), median of several
+2. step peak: the peak of live tensor bytes during one training step
+   (forward + backward) above what was live before it, parameters'
+   gradients left out (:func:`~mmrevnet.analysis.memory.step_peak`,
+   ``step_peak_mib``); deterministic, on any device;
+3. on CUDA, of the same step: ``torch.cuda.max_memory_allocated()``
+   after ``reset_peak_memory_stats()``, once as is (``cuda_peak_mib``,
+   which includes the weights of every model of the group held on the
+   device) and once above what was allocated before the step
+   (``cuda_step_peak_mib``: activations, gradients and workspaces of
+   this model's step alone), after one untimed step;
+4. the time of a training step (forward + backward), median of several
    runs after warm-up, as a ratio to plain ResNetV1c of the same depth and
    head. Variants are timed round-robin (one step of each, then again), so
    drift of the machine's speed affects all of them alike.
@@ -25,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from mmrevnet.analysis.memory import SavedTensorCounter, cuda_peak_memory
+from mmrevnet.analysis.memory import SavedTensorCounter, step_peak
 
 #: Backbone variants compared: name -> backbone overrides.
 VARIANTS = {
@@ -215,7 +219,9 @@ def run_benchmark(
 
     Returns:
         list[dict]: Rows with ``depth, head, variant, activation_mib``,
-        ``cuda_peak_mib`` and ``cuda_step_peak_mib`` (None on CPU),
+        ``step_peak_mib`` and ``step_grad_mib`` (the parameters' gradients
+        it leaves out), ``cuda_peak_mib`` and ``cuda_step_peak_mib`` of
+        the same step (None on CPU),
         ``step_seconds`` (median),
         ``time_ratio`` (to the baseline of the same depth and head),
         ``step_times``.
@@ -240,6 +246,8 @@ def run_benchmark(
                     size=list(size),
                     device=device,
                     activation_mib=activation_bytes(model, step) / 2**20,
+                    step_peak_mib=None,
+                    step_grad_mib=None,
                     cuda_peak_mib=None,
                     cuda_step_peak_mib=None,
                     step_seconds=None,
@@ -250,18 +258,24 @@ def run_benchmark(
                     # One step first: cuDNN/cuBLAS allocate their
                     # workspaces (and benchmark algorithms) lazily.
                     step().backward()
-                    model.zero_grad(set_to_none=True)
-                    resident = torch.cuda.memory_allocated()
-                    peak = cuda_peak_memory(lambda: step().backward())
-                    row['cuda_peak_mib'] = peak / 2**20
-                    row['cuda_step_peak_mib'] = (peak - resident) / 2**20
-                    model.zero_grad(set_to_none=True)
+                peak = step_peak(model, step)
+                row['step_peak_mib'] = peak.peak_bytes / 2**20
+                row['step_grad_mib'] = peak.excluded_bytes / 2**20
+                if peak.cuda_step_peak_bytes is not None:
+                    row['cuda_peak_mib'] = (
+                        peak.cuda_start_bytes + peak.cuda_step_peak_bytes
+                    ) / 2**20
+                    row['cuda_step_peak_mib'] = (
+                        peak.cuda_step_peak_bytes / 2**20
+                    )
+                model.zero_grad(set_to_none=True)
                 models[variant], steps[variant] = model, step
                 group.append(row)
                 if log:
                     log(
                         f'{head:9s} depth {depth:3d} {variant:34s} '
-                        f'activations {row["activation_mib"]:8.1f} MiB'
+                        f'activations {row["activation_mib"]:8.1f} MiB, '
+                        f'step peak {row["step_peak_mib"]:8.1f} MiB'
                     )
             if measure_time:
                 for variant in variants:
@@ -295,9 +309,13 @@ def run_benchmark(
 
 
 def ratios(rows: List[Dict], head: str, depth: int) -> Dict[str, float]:
-    """Activation-memory ratios of MRevNetV1c for one head and depth."""
+    """Memory ratios of MRevNetV1c for one head and depth.
+
+    Keys ``vs <variant>`` compare activation memory, ``peak vs <variant>``
+    the step peak (when measured).
+    """
     by_variant = {
-        r['variant']: r['activation_mib']
+        r['variant']: r
         for r in rows
         if r['head'] == head and r['depth'] == depth
     }
@@ -305,7 +323,14 @@ def ratios(rows: List[Dict], head: str, depth: int) -> Dict[str, float]:
     out = {}
     for other in ('ResNetV1c', 'ResNetV1c (with_cp)'):
         if other in by_variant:
-            out[f'vs {other}'] = ours / by_variant[other]
+            theirs = by_variant[other]
+            out[f'vs {other}'] = (
+                ours['activation_mib'] / theirs['activation_mib']
+            )
+            if ours.get('step_peak_mib') and theirs.get('step_peak_mib'):
+                out[f'peak vs {other}'] = (
+                    ours['step_peak_mib'] / theirs['step_peak_mib']
+                )
     return out
 
 
@@ -313,7 +338,15 @@ def markdown_table(rows: List[Dict]) -> str:
     """The rows as a markdown table (one line per head, depth, variant)."""
     has_cuda = any(r['cuda_peak_mib'] is not None for r in rows)
     has_time = any(r['time_ratio'] is not None for r in rows)
+    has_peak = any(r.get('step_peak_mib') is not None for r in rows)
     header = ['head', 'depth', 'backbone', 'activations (MiB)', 'vs plain']
+    if has_peak:
+        header += [
+            'step peak (MiB)',
+            'transient (MiB)',
+            'peak vs plain',
+            'peak vs with_cp',
+        ]
     if has_cuda:
         header.append('CUDA step peak (MiB)')
     if has_time:
@@ -327,6 +360,10 @@ def markdown_table(rows: List[Dict]) -> str:
         for r in rows
         if r['variant'] == BASELINE
     }
+    peaks = {
+        (r['head'], r['depth'], r['variant']): r.get('step_peak_mib')
+        for r in rows
+    }
     for r in rows:
         base = plain.get((r['head'], r['depth']))
         cells = [
@@ -336,6 +373,18 @@ def markdown_table(rows: List[Dict]) -> str:
             f'{r["activation_mib"]:.1f}',
             f'{r["activation_mib"] / base:.3f}x' if base else '-',
         ]
+        if has_peak:
+            peak = r.get('step_peak_mib')
+            cells.append('-' if peak is None else f'{peak:.1f}')
+            # What the step holds beyond the saved activations.
+            cells.append(
+                '-' if peak is None else f'{peak - r["activation_mib"]:.1f}'
+            )
+            for other in (BASELINE, 'ResNetV1c (with_cp)'):
+                theirs = peaks.get((r['head'], r['depth'], other))
+                cells.append(
+                    f'{peak / theirs:.3f}x' if peak and theirs else '-'
+                )
         if has_cuda:
             peak = r.get('cuda_step_peak_mib')
             cells.append('-' if peak is None else f'{peak:.0f}')
@@ -346,6 +395,34 @@ def markdown_table(rows: List[Dict]) -> str:
                 else f'{r["step_seconds"]:.3f}',
                 '-' if r['time_ratio'] is None else f'{r["time_ratio"]:.3f}x',
             ]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def peak_comparison(rows: List[Dict]) -> str:
+    """The two step peaks of each row side by side, as a markdown table.
+
+    ``step_peak_mib`` leaves the parameters' gradients out;
+    ``cuda_step_peak_mib`` (``torch.cuda.max_memory_allocated`` of the
+    same step above its start) holds those allocated so far. Both count
+    caching-allocator blocks, so the CUDA figure is expected between the
+    step peak and the step peak plus all gradients (``step_grad_mib``),
+    the two middle columns.
+    """
+    lines = [
+        '| head | depth | backbone | step peak (MiB) | + all gradients (MiB) '
+        '| CUDA step peak (MiB) |',
+        '|---|---|---|---|---|---|',
+    ]
+
+    def fmt(value):
+        return '-' if value is None else f'{value:.1f}'
+
+    for r in rows:
+        peak, grads = r.get('step_peak_mib'), r.get('step_grad_mib')
+        both = None if peak is None or grads is None else peak + grads
+        cells = [r['head'], str(r['depth']), r['variant'], fmt(peak)]
+        cells += [fmt(both), fmt(r.get('cuda_step_peak_mib'))]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 

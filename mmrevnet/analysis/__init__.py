@@ -1,15 +1,19 @@
 """Memory counters shared by the library, the tests and the benchmarks.
 
 :mod:`.memory` counts the bytes of distinct storages saved for backward
-(:class:`SavedTensorCounter`, :func:`saved_bytes`) and reads the CUDA peak
-memory (:func:`cuda_peak_memory`).
+(:class:`SavedTensorCounter`, :func:`saved_bytes`), measures the peak of
+live bytes of a training step on any device (:func:`step_peak`) and reads
+the CUDA peak memory (:func:`cuda_peak_memory`).
 """
 
 from .memory import (
     SavedStorage,
     SavedTensorCounter,
+    StepPeak,
     cuda_peak_memory,
     saved_bytes,
+    step_peak,
+    step_peak_bytes,
 )
 
 __all__ = [
@@ -17,4 +21,7 @@ __all__ = [
     'SavedStorage',
     'saved_bytes',
     'cuda_peak_memory',
+    'StepPeak',
+    'step_peak',
+    'step_peak_bytes',
 ]

@@ -10,6 +10,7 @@ import pytest
 from benchmarks.benchmark import (
     BASELINE,
     markdown_table,
+    peak_comparison,
     plot,
     ratios,
     run_benchmark,
@@ -28,9 +29,8 @@ def test_memory_rows_are_deterministic_and_ordered():
     )
     rows = run_benchmark(**kwargs)
     again = run_benchmark(**kwargs)
-    assert [r['activation_mib'] for r in rows] == [
-        r['activation_mib'] for r in again
-    ]
+    for key in ('activation_mib', 'step_peak_mib', 'step_grad_mib'):
+        assert [r[key] for r in rows] == [r[key] for r in again]
     assert len(rows) == 8
     for head in ('backbone', 'pspnet'):
         mem = {
@@ -45,9 +45,36 @@ def test_memory_rows_are_deterministic_and_ordered():
             < 0.05
         )
         assert ratios(rows, head, 50)['vs ResNetV1c'] < 0.5
+        peak = {
+            r['variant']: r['step_peak_mib'] for r in rows if r['head'] == head
+        }
+        assert peak['ResNetV1c (with_cp)'] < peak[BASELINE]
+        assert peak['MRevNetV1c'] < peak[BASELINE]
+        assert ratios(rows, head, 50)['peak vs ResNetV1c'] < 1
+        # The step holds at least what it saves for backward.
+        assert all(peak[v] >= mem[v] for v in mem)
+        # The same parameters, the same gradients left out.
+        grads = {r['step_grad_mib'] for r in rows if r['head'] == head}
+        assert len(grads) == 1 and grads.pop() > 0
+    assert all(r['cuda_step_peak_mib'] is None for r in rows)
     table = markdown_table(rows)
     assert table.count('\n') == 2 + len(rows)
     assert 'MRevNetV1c' in table and 'time vs plain' not in table
+    assert 'step peak (MiB)' in table and 'peak vs with_cp' in table
+
+
+def test_peak_comparison_table():
+    row = dict(head='backbone', depth=50, variant=BASELINE)
+    rows = [
+        dict(row, step_peak_mib=10.0, step_grad_mib=2.5,
+             cuda_step_peak_mib=13.0),
+        dict(row, step_peak_mib=10.0, step_grad_mib=2.5,
+             cuda_step_peak_mib=None),
+    ]  # fmt: skip
+    lines = peak_comparison(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2].endswith('| 10.0 | 12.5 | 13.0 |')
+    assert lines[3].endswith('| 10.0 | 12.5 | - |')
 
 
 def test_timing_rows_have_ratios(tmp_path):
@@ -84,5 +111,6 @@ def test_benchmark_tool_quick(tmp_path):
     )
     result = json.loads((tmp_path / 'benchmark.json').read_text())
     assert len(result['rows']) == 8
+    assert all(r['step_peak_mib'] > 0 for r in result['rows'])
     assert (tmp_path / 'benchmark.md').read_text().startswith('Device:')
     assert (tmp_path / 'benchmark.png').stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""Activation memory and step time: m-RevNet vs ResNetV1c (plain, with_cp).
+"""Activation memory, step peak and step time: m-RevNet vs ResNetV1c.
 
 Examples:
     # full CPU run (backbone, PSPNet, DeepLabV3, UPerNet; depths 50/101/152)
@@ -8,6 +8,9 @@ Examples:
     # GPU (see tools/analysis_tools/benchmark_gpu.sh)
     python tools/analysis_tools/benchmark_memory.py --device cuda \
         --heads pspnet --depths 50 101 --size 512 1024
+    # the profiler's and CUDA's step peaks of a result, side by side
+    python tools/analysis_tools/benchmark_memory.py \
+        --compare-peaks work_dirs/benchmark/benchmark.json
 """
 
 import argparse
@@ -33,6 +36,7 @@ from benchmarks.benchmark import (  # noqa: E402
     HEADS,
     VARIANTS,
     markdown_table,
+    peak_comparison,
     plot,
     run_benchmark,
 )
@@ -77,6 +81,12 @@ def parse_args():
         help='measure every (depth, head) group in this process instead of '
         'one fresh subprocess per group',
     )
+    parser.add_argument(
+        '--compare-peaks',
+        metavar='JSON',
+        help='print the step peaks of a benchmark.json (profiler, '
+        'gradients, torch.cuda) side by side and exit',
+    )
     parser.add_argument('--rows-out', help=argparse.SUPPRESS)
     parser.add_argument(
         '--quick',
@@ -88,6 +98,10 @@ def parse_args():
 
 def main():
     args = parse_args()
+    if args.compare_peaks:
+        with open(args.compare_peaks) as f:
+            print(peak_comparison(json.load(f)['rows']), end='')
+        return
     if args.quick:
         args.depths, args.heads = [50], ['backbone', 'pspnet']
         args.size, args.repeats, args.warmup = [64, 128], 1, 0
