@@ -159,11 +159,15 @@ def stamp(name: str) -> dict:
     if missing:
         raise FileNotFoundError(f'{name}: result files missing: {missing}')
     files = source_files(result)
-    dirty = bool(_git('status', '--porcelain', '--', *files))
+    dirty = files and bool(_git('status', '--porcelain', '--', *files))
+    commit = _git('rev-parse', '--short=12', 'HEAD') + (
+        ' (with uncommitted changes to its sources)' if dirty else ''
+    )
     record = dict(
         command=result.command,
-        commit=_git('rev-parse', '--short=12', 'HEAD')
-        + (' (with uncommitted changes to its sources)' if dirty else ''),
+        commit=f'historical: {result.historical}'
+        if result.historical
+        else commit,
         sources=files,
         fingerprint=fingerprint(files),
         outputs=list(result.outputs),
