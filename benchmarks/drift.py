@@ -259,9 +259,11 @@ def format_table(rows: Sequence[Dict]) -> str:
     return '\n'.join(lines)
 
 
-def main():
+def drift_tables() -> str:
+    """The drift tables of docs/drift.md, one per dtype and bound."""
     gammas = (0.3, 0.5, 0.7, 0.9, 0.99)
     lengths = (2, 8, 17, 35)
+    parts = []
     for dtype in (torch.float32, torch.float64):
         for max_amp in (1e300, DEFAULT_MAX_AMPLIFICATION):
             label = (
@@ -269,8 +271,32 @@ def main():
                 if max_amp == 1e300
                 else f'default max_amplification={max_amp:g}'
             )
-            print(f'\n### {dtype}, {label}\n')
-            print(format_table(measure_drift(gammas, lengths, dtype, max_amp)))
+            parts.append(f'### {dtype}, {label}\n')
+            parts.append(
+                format_table(measure_drift(gammas, lengths, dtype, max_amp))
+            )
+            parts.append('')
+    return '\n'.join(parts)
+
+
+def main():
+    import argparse
+
+    parser = argparse.ArgumentParser(description='Reconstruction drift.')
+    parser.add_argument(
+        '--out', help='also write the tables to this Markdown file'
+    )
+    args = parser.parse_args()
+    tables = drift_tables()
+    print(tables)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(
+                '# Reconstruction drift tables\n\n'
+                'Written by `python -m benchmarks.drift --out '
+                f'{args.out}`; see docs/numerics.md for the setting and '
+                'the reading.\n\n' + tables
+            )
 
 
 if __name__ == '__main__':

@@ -8,7 +8,9 @@ same PSPNet with mmseg's ResNetV1c-34.
 
 import argparse
 import json
+import os
 import os.path as osp
+import shutil
 import sys
 
 # The demo code (tools/demo/) is not installed: import it from the checkout
@@ -33,7 +35,37 @@ def parse_args():
     parser.add_argument(
         '--max-iters', type=int, help='override the training iterations'
     )
+    parser.add_argument(
+        '--results-dir',
+        help='also copy the metrics (summary.json), the training curve and '
+        'the first overlay here (docs/demo for the committed figures)',
+    )
     return parser.parse_args()
+
+
+def _copy_results(report: dict, results_dir: str) -> None:
+    """The figures and metrics the README quotes, without the paths."""
+    os.makedirs(results_dir, exist_ok=True)
+    shutil.copy(
+        report['training_curve'], osp.join(results_dir, 'training_curve.png')
+    )
+    shutil.copy(report['overlays'][0], osp.join(results_dir, 'overlay.png'))
+    metrics = {
+        name: {k: run[k] for k in ('mIoU', 'aAcc', 'mAcc', 'train_seconds')}
+        for name, run in report['runs'].items()
+    }
+    with open(osp.join(results_dir, 'summary.json'), 'w') as f:
+        json.dump(
+            dict(
+                num_train=report['num_train'],
+                num_val=report['num_val'],
+                runs=metrics,
+            ),
+            f,
+            indent=2,
+            default=float,
+        )
+        f.write('\n')
 
 
 def main():
@@ -65,6 +97,8 @@ def main():
     out = osp.join(args.work_dir, 'summary.json')
     with open(out, 'w') as f:
         json.dump(report, f, indent=2, default=float)  # np.float32 metrics
+    if args.results_dir:
+        _copy_results(report, args.results_dir)
     print('\n==== mmrevnet demo ====')
     for name, run in report['runs'].items():
         print(
