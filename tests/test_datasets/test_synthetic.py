@@ -13,6 +13,7 @@ from PIL import Image
 
 import mmrevnet  # noqa: F401  (compat shims before mmseg)
 from mmrevnet.datasets import synthetic
+from mmrevnet.datasets.manifest import ExistingDatasetError
 from mmrevnet.datasets.synthetic import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
@@ -144,15 +145,25 @@ def test_idempotent_and_regenerate(tmp_path):
     again = generate_cityscapes(root, num_train=2, num_val=1, size=CS_SIZE)
     assert again['skipped']
     assert again['class_pixels'] == first['class_pixels']
-    # Other parameters: the old files are replaced, not mixed in.
-    changed = generate_cityscapes(root, num_train=1, num_val=1, size=CS_SIZE)
+    # Other parameters: refused without force (naming the parameter and
+    # force=True), nothing deleted; with force the old files are replaced.
+    with pytest.raises(ExistingDatasetError) as refused:
+        generate_cityscapes(root, num_train=1, num_val=1, size=CS_SIZE)
+    assert 'num_train: 2 -> 1' in str(refused.value)
+    assert 'force=True' in str(refused.value)
+    assert len(_files(root)) == 6
+    changed = generate_cityscapes(
+        root, num_train=1, num_val=1, size=CS_SIZE, force=True
+    )
     assert not changed['skipped']
     assert len(_files(root)) == 4
-    # A missing file makes the dataset stale.
+    # A missing file: refused as incomplete, regenerated with force.
     os.remove(osp.join(root, _files(root)[0]))
-    assert not generate_cityscapes(root, num_train=1, num_val=1, size=CS_SIZE)[
-        'skipped'
-    ]
+    with pytest.raises(ExistingDatasetError, match='3 of its 4 files'):
+        generate_cityscapes(root, num_train=1, num_val=1, size=CS_SIZE)
+    assert not generate_cityscapes(
+        root, num_train=1, num_val=1, size=CS_SIZE, force=True
+    )['skipped']
     # A root with foreign content and no manifest is not overwritten.
     foreign = tmp_path / 'foreign'
     (foreign / 'gtFine').mkdir(parents=True)
@@ -315,6 +326,15 @@ def test_cli(tmp_path):
     )
     assert summary['num_train'] == 2 and summary['size'] == [32, 48]
     assert len(_files(root)) == 6
+    # Other parameters on the command line: refused, naming --force.
+    argv = ['cityscapes', root, '--num-train', '1', '--size', '32', '48']
+    with pytest.raises(SystemExit) as refused:
+        cli.main(argv)
+    message = str(refused.value.code)
+    assert '--force' in message and 'force=True' not in message, message
+    assert 'num_train: 2 -> 1' in message, message
+    assert len(_files(root)) == 6
+    assert cli.main(argv + ['--seed', '5', '--force'])['num_train'] == 1
     summary = cli.main(
         [
             'imagefolder',

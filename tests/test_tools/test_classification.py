@@ -291,7 +291,9 @@ def test_export_digits(tmp_path):
 
     # Same parameters: skipped; other parameters: re-exported.
     assert export_digits(root)['skipped']
-    smaller = export_digits(root, size=16)
+    with pytest.raises(FileExistsError, match='size: 32 -> 16'):
+        export_digits(root, size=16)  # other parameters: refused
+    smaller = export_digits(root, size=16, force=True)
     assert not smaller['skipped'] and smaller['size'] == 16
     assert cv2.imread(path).shape == (16, 16, 3)
     # A folder that is not an export is not overwritten without force.

@@ -14,6 +14,7 @@ import argparse
 import json
 
 from mmrevnet.datasets.digits import export_digits
+from mmrevnet.datasets.manifest import ExistingDatasetError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,13 +61,16 @@ def main(argv=None) -> dict:
         dict: The summary returned by :func:`export_digits`.
     """
     args = parse_args(argv)
-    summary = export_digits(
-        args.out_dir,
-        size=args.size,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        force=args.force,
-    )
+    try:
+        summary = export_digits(
+            args.out_dir,
+            size=args.size,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            force=args.force,
+        )
+    except ExistingDatasetError as error:
+        raise SystemExit(f'error: {error.with_flag("--force")}') from None
     print(json.dumps(summary))
     return summary
 

@@ -10,7 +10,9 @@ Examples::
         data/synthetic_cls --num-classes 10 --num-train 20 --num-val 5
 
 The dataset is skipped when ``out_dir`` already holds one generated with the
-same parameters (see ``mmrevnet_synthetic.json``).
+same parameters (see ``mmrevnet_synthetic.json``). Any other content of
+``out_dir`` (a data set of other parameters, an incomplete one, foreign
+files) stops the tool with a message; ``--force`` deletes and regenerates.
 """
 
 import argparse
@@ -18,6 +20,7 @@ import inspect
 import json
 from typing import Optional
 
+from mmrevnet.datasets.manifest import ExistingDatasetError
 from mmrevnet.datasets.synthetic import (
     generate_ade20k,
     generate_cityscapes,
@@ -109,7 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--force',
         action='store_true',
-        help='regenerate even if an up-to-date dataset exists',
+        help='delete what out_dir holds and regenerate (without it an '
+        'existing data set of other parameters is refused)',
     )
     return parser.parse_args(argv)
 
@@ -125,28 +129,10 @@ def main(argv=None) -> dict:
         dict: The summary returned by the generator.
     """
     args = parse_args(argv)
-    kwargs = dict(seed=args.seed, difficulty=args.difficulty, force=args.force)
-    if args.size is not None:
-        kwargs['size'] = tuple(args.size)
-    if args.layout == 'imagefolder':
-        if args.num_train is not None:
-            kwargs['per_class_train'] = args.num_train
-        if args.num_val is not None:
-            kwargs['per_class_val'] = args.num_val
-        summary = generate_imagefolder(
-            args.out_dir, num_classes=args.num_classes, **kwargs
-        )
-    else:
-        if args.num_train is not None:
-            kwargs['num_train'] = args.num_train
-        if args.num_val is not None:
-            kwargs['num_val'] = args.num_val
-        if args.layout == 'cityscapes':
-            summary = generate_cityscapes(args.out_dir, **kwargs)
-        else:
-            summary = generate_ade20k(
-                args.out_dir, num_used_classes=args.num_used_classes, **kwargs
-            )
+    try:
+        summary = _generate(args)
+    except ExistingDatasetError as error:
+        raise SystemExit(f'error: {error.with_flag("--force")}') from None
     brief = {
         k: summary[k]
         for k in (
@@ -161,6 +147,30 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(brief))
     return summary
+
+
+def _generate(args: argparse.Namespace) -> dict:
+    """Call the generator of ``args.layout``; the generator's summary."""
+    kwargs = dict(seed=args.seed, difficulty=args.difficulty, force=args.force)
+    if args.size is not None:
+        kwargs['size'] = tuple(args.size)
+    if args.layout == 'imagefolder':
+        if args.num_train is not None:
+            kwargs['per_class_train'] = args.num_train
+        if args.num_val is not None:
+            kwargs['per_class_val'] = args.num_val
+        return generate_imagefolder(
+            args.out_dir, num_classes=args.num_classes, **kwargs
+        )
+    if args.num_train is not None:
+        kwargs['num_train'] = args.num_train
+    if args.num_val is not None:
+        kwargs['num_val'] = args.num_val
+    if args.layout == 'cityscapes':
+        return generate_cityscapes(args.out_dir, **kwargs)
+    return generate_ade20k(
+        args.out_dir, num_used_classes=args.num_used_classes, **kwargs
+    )
 
 
 if __name__ == '__main__':

@@ -1,0 +1,280 @@
+"""The installed package: the start-up import hook and the shipped configs.
+
+Each probe runs in a fresh interpreter that does *not* import mmrevnet
+first. ``site.addsitedir`` on a folder holding the package's .pth line
+reproduces what an install does (site-packages' .pth files run at
+start-up); the slow test builds the real wheel into a scratch venv.
+"""
+
+import os
+import os.path as osp
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+USER_CONFIG = """\
+_base_ = 'mmrevnet::pspnet/pspnet_mrevnet50-d8_4xb2-80k_cityscapes-512x1024.py'
+custom_imports = dict(imports=['mmrevnet'], allow_failed_imports=False)
+"""
+
+
+def _setup_constants():
+    """HOOK_PTH and HOOK_LINE, read from setup.py without running setup()."""
+    # setup.py calls setup() when run, so its constants are read as text.
+    with open(osp.join(REPO, 'setup.py'), encoding='utf-8') as f:
+        text = f.read()
+    values = {}
+    for line in text.splitlines():
+        for name in ('HOOK_MODULE', 'HOOK_PTH', 'HOOK_LINE'):
+            if line.startswith(f'{name} = '):
+                values[name] = eval(line.split(' = ', 1)[1], {}, values)
+    return values
+
+
+def _mmseg_tool(*parts):
+    import mmseg
+
+    return osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', *parts)
+
+
+def _run(code, cwd, site_dir=None, timeout=300):
+    """Run ``code`` in a fresh interpreter; the checkout on PYTHONPATH."""
+    prelude = ''
+    if site_dir is not None:
+        prelude = f'import site; site.addsitedir({site_dir!r})\n'
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, '-c', prelude + textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope='module')
+def site_dir(tmp_path_factory):
+    """A folder with the .pth line that an install puts in site-packages."""
+    constants = _setup_constants()
+    folder = tmp_path_factory.mktemp('site')
+    (folder / constants['HOOK_PTH']).write_text(constants['HOOK_LINE'])
+    return str(folder)
+
+
+@pytest.fixture(scope='module')
+def user_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('user_project')
+    (folder / 'user_cfg.py').write_text(USER_CONFIG)
+    return str(folder)
+
+
+def _full_mmcv_installed():
+    import importlib.util
+
+    return importlib.util.find_spec('mmcv._ext') is not None
+
+
+needs_mmcv_lite = pytest.mark.skipif(
+    _full_mmcv_installed(), reason='full mmcv: nothing to fix'
+)
+
+APIS = """
+from mmseg.apis import inference_model, init_model  # noqa: F401
+print('mmrevnet' in __import__('sys').modules)
+"""
+
+
+@needs_mmcv_lite
+def test_mmseg_apis_fail_without_the_hook(user_dir):
+    result = _run(APIS, user_dir)
+    assert result.returncode != 0
+    assert "No module named 'mmcv._ext'" in result.stderr
+
+
+@needs_mmcv_lite
+def test_mmseg_apis_import_first_with_the_hook(user_dir, site_dir):
+    result = _run(APIS, user_dir, site_dir)
+    assert result.returncode == 0, result.stderr
+    # The hook fixed mmcv.ops without importing mmrevnet.
+    assert result.stdout.strip() == 'False'
+
+
+def test_hook_imports_nothing_at_startup(user_dir, site_dir):
+    result = _run(
+        """
+        import sys
+        names = ('mmcv', 'mmengine', 'mmseg', 'mmrevnet', 'torch')
+        print(sorted(n for n in names if n in sys.modules))
+        print(type(sys.meta_path[0]).__name__, sys.meta_path[0].__name__)
+        """,
+        user_dir,
+        site_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split('\n')[:2] == ['[]', 'type ImportHook']
+
+
+def test_register_all_modules_first(user_dir, site_dir):
+    result = _run(
+        """
+        from mmseg.utils import register_all_modules
+
+        register_all_modules()
+        import mmrevnet  # then the plugin, as a config's custom_imports does
+        from mmengine.registry import MODELS
+
+        print(MODELS.get('MRevNetV1c').__name__)
+        """,
+        user_dir,
+        site_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith('MRevNetV1c')
+
+
+def test_print_config_inherits_mmrevnet_config(user_dir, site_dir):
+    """mmseg's print_config.py, run from a user's folder outside the
+    checkout, on a config with ``_base_ = 'mmrevnet::...'``."""
+    tool = _mmseg_tool('misc', 'print_config.py')
+    result = _run(
+        f"""
+        import runpy, sys
+        sys.argv = [{tool!r}, 'user_cfg.py']
+        runpy.run_path({tool!r}, run_name='__main__')
+        """,
+        user_dir,
+        site_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "type='MRevNetV1c'" in result.stdout
+
+
+def test_get_flops_gets_past_imports(user_dir, site_dir):
+    """mmseg 1.2.2's get_flops.py builds the model from the config; it
+    then fails in mmseg's own call of mmengine 0.10.7's counter (for
+    mmseg's own configs too), never on ``mmcv._ext``."""
+    tool = _mmseg_tool('analysis_tools', 'get_flops.py')
+    result = _run(
+        f"""
+        import runpy, sys
+        sys.argv = [{tool!r}, 'user_cfg.py', '--shape', '64', '128']
+        runpy.run_path({tool!r}, run_name='__main__')
+        """,
+        user_dir,
+        site_dir,
+    )
+    assert 'mmcv._ext' not in result.stderr
+    if result.returncode != 0:
+        assert '"input_shape" and "inputs" cannot be both set' in (
+            result.stderr
+        ), result.stderr
+
+
+def test_hook_is_noop_with_full_mmcv(tmp_path, site_dir):
+    """A fake full mmcv (with ``mmcv._ext``) keeps its own mmcv.ops."""
+    fake = tmp_path / 'fake'
+    (fake / 'mmcv' / 'ops').mkdir(parents=True)
+    (fake / 'mmcv' / '__init__.py').write_text('')
+    (fake / 'mmcv' / '_ext.py').write_text('')
+    (fake / 'mmcv' / 'ops' / '__init__.py').write_text('FULL = True\n')
+    result = _run(
+        f"""
+        import sys
+        sys.path.insert(0, {str(fake)!r})
+        import mmcv.ops
+        print(mmcv.ops.FULL, hasattr(mmcv.ops, '__mmrevnet_patched__'))
+        """,
+        str(tmp_path),
+        site_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'True False'
+
+
+def _build_wheel_venv(tmp_path):
+    """Build the wheel and install it into a scratch venv (no pip), whose
+    dependencies come from this interpreter's site-packages."""
+    import sysconfig
+
+    wheels = tmp_path / 'wheels'
+    pip = [sys.executable, '-m', 'pip']
+    subprocess.run(
+        pip
+        + ['wheel', '-q', '--no-deps', '--no-build-isolation', '-w']
+        + [str(wheels), REPO],
+        check=True,
+        cwd=str(tmp_path),
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob('mmrevnet-*.whl')
+    venv = tmp_path / 'venv'
+    base = getattr(sys, '_base_executable', sys.executable)
+    subprocess.run(
+        [base, '-m', 'venv', '--without-pip', str(venv)], check=True
+    )
+    python = venv / 'bin' / 'python'
+    site_packages = subprocess.run(
+        [
+            str(python),
+            '-c',
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    subprocess.run(
+        pip
+        + ['install', '-q', '--no-deps', '--target', site_packages]
+        + [str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    # Dependencies only: a path line, so that folder's own .pth files
+    # (an editable mmrevnet among them) are not run.
+    deps = sysconfig.get_paths()['purelib']
+    with open(osp.join(site_packages, 'zz_deps.pth'), 'w') as f:
+        f.write(deps + '\n')
+    return str(python), site_packages
+
+
+@pytest.mark.slow
+def test_wheel_install_outside_the_checkout(tmp_path, user_dir):
+    python, site_packages = _build_wheel_venv(tmp_path)
+    assert osp.isfile(osp.join(site_packages, 'mmrevnet-import-hook.pth'))
+    assert osp.isfile(
+        osp.join(
+            site_packages,
+            'mmrevnet/.mim/configs/pspnet/'
+            'pspnet_mrevnet50-d8_4xb2-80k_cityscapes-512x1024.py',
+        )
+    )
+    tool = _mmseg_tool('misc', 'print_config.py')
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    result = subprocess.run(
+        [python, tool, 'user_cfg.py'],
+        cwd=user_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "type='MRevNetV1c'" in result.stdout
+    result = subprocess.run(
+        [python, '-c', APIS + 'import mmrevnet; print(mmrevnet.__file__)'],
+        cwd=user_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        'False',
+        osp.join(site_packages, 'mmrevnet', '__init__.py'),
+    ]
