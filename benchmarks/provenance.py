@@ -88,6 +88,57 @@ RESULTS: Dict[str, Result] = {
         '"MRevNetV1c + memory-saving heads"',
         sources=_BENCHMARK_SOURCES,
     ),
+    'drift': Result(
+        outputs=('docs/drift.md',),
+        command='python -m benchmarks.drift --out docs/drift.md',
+        sources=_CORE + ('benchmarks/drift.py',),
+    ),
+    'demo': Result(
+        outputs=(
+            'docs/demo/summary.json',
+            'docs/demo/training_curve.png',
+            'docs/demo/overlay.png',
+        ),
+        command='bash tools/demo.sh --compare --results-dir docs/demo',
+        sources=_MODELS
+        + (
+            'configs/demo/*.py',
+            'mmrevnet/datasets/synthetic.py',
+            'mmrevnet/datasets/scenes.py',
+            'tools/demo/*.py',
+            'tools/run_demo.py',
+        ),
+    ),
+    'digits': Result(
+        outputs=('docs/digits/results.json', 'docs/digits/results.md'),
+        command='python tools/analysis_tools/digits_results.py '
+        '--out-dir docs/digits',
+        sources=_MODELS
+        + (
+            'configs/digits/*.py',
+            'configs/_base_/models/mrevnet_v1c.py',
+            'mmrevnet/datasets/digits.py',
+            'benchmarks/digits.py',
+            'tools/analysis_tools/digits_results.py',
+        ),
+    ),
+    'full_res': Result(
+        outputs=(
+            'docs/benchmark/full_res_cityscapes/benchmark.json',
+            'docs/benchmark/full_res_ade20k/benchmark.json',
+        ),
+        command='python tools/analysis_tools/benchmark_memory.py --no-time '
+        '--size 512 1024 --batch-size 2 --depths 50 '
+        '--heads pspnet deeplabv3 upernet --variants ResNetV1c MRevNetV1c '
+        '"MRevNetV1c + memory-saving heads" '
+        '--out-dir docs/benchmark/full_res_cityscapes && '
+        'python tools/analysis_tools/benchmark_memory.py --no-time '
+        '--size 512 512 --batch-size 4 --num-classes 150 --depths 50 '
+        '--heads pspnet deeplabv3 upernet --variants MRevNetV1c '
+        '"MRevNetV1c + memory-saving heads" '
+        '--out-dir docs/benchmark/full_res_ade20k',
+        sources=_BENCHMARK_SOURCES,
+    ),
     'bad_input': Result(
         outputs=('docs/bad_input.md',),
         command='python tools/analysis_tools/bad_input_table.py',
