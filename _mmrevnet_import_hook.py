@@ -42,12 +42,38 @@ def _compat():
     return module
 
 
+def _installed_package_spec(fullname, path, target):
+    """The installed ``mmrevnet`` where a folder of that name shadows it.
+
+    A script next to a clone folder named ``mmrevnet/`` (the repository
+    root, which has no ``__init__.py``) would import that folder as an
+    empty namespace package, and an editable install's finder, which comes
+    after the path finder, would never be asked.
+    """
+    import importlib.machinery
+
+    found = importlib.machinery.PathFinder.find_spec(fullname, path)
+    if found is None or found.origin is not None:
+        return None  # a real package or module: the normal import
+    for finder in sys.meta_path:
+        if finder is ImportHook or finder is importlib.machinery.PathFinder:
+            continue
+        find_spec = getattr(finder, 'find_spec', None)
+        spec = find_spec(fullname, path, target) if find_spec else None
+        if spec is not None and spec.origin is not None:
+            return spec
+    return None
+
+
 class ImportHook:
-    """Meta-path finder for ``mmcv.ops`` (mmcv-lite) and mmengine's config
-    package table; None (normal import) for every other name."""
+    """Meta-path finder for ``mmcv.ops`` (mmcv-lite), mmengine's config
+    package table and a shadowed ``mmrevnet``; None (normal import) for
+    every other name."""
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
+        if fullname == 'mmrevnet':
+            return _installed_package_spec(fullname, path, target)
         if fullname not in _HOOKED:
             return None
         compat = _compat()

@@ -2,8 +2,9 @@
 
 ``import mmrevnet`` (what a config's ``custom_imports`` does) registers the
 backbones, hooks, runner and wrappers in MMEngine's registries and applies
-the documented mmcv-lite shim (:mod:`.compat`, a no-op with full mmcv);
-it changes nothing else in the process. Without MMEngine installed only
+the documented shims of :mod:`.compat` (mmcv-lite's ``mmcv.ops``, a no-op
+with full mmcv, and the ``mmrevnet::`` config scope); it changes nothing
+else in the process. Without MMEngine installed only
 the torch-only core, :mod:`mmrevnet.reversible`, is available.
 """
 

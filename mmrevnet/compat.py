@@ -1,4 +1,4 @@
-"""The mmcv-lite shim: the one documented change mmrevnet makes.
+"""The documented compatibility shims: mmcv-lite ops and the config scope.
 
 **mmcv-lite and mmseg 1.2.x.** mmseg imports ``point_sample`` and
 ``sigmoid_focal_loss`` from ``mmcv.ops`` without a guard, and

@@ -19,6 +19,19 @@ USER_CONFIG = """\
 _base_ = 'mmrevnet::pspnet/pspnet_mrevnet50-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['mmrevnet'], allow_failed_imports=False)
 """
+# The same, inheriting by path: what an editable install (this project's
+# environment) supports; mmengine resolves ``mmrevnet::`` only for a
+# regular install (tested from the wheel below).
+_DEMO_BASE = osp.join(
+    REPO,
+    'configs',
+    'pspnet',
+    'pspnet_mrevnet50-d8_4xb2-80k_cityscapes-512x1024.py',
+)
+PATH_CONFIG = (
+    f'_base_ = {_DEMO_BASE!r}\n'
+    "custom_imports = dict(imports=['mmrevnet'], allow_failed_imports=False)\n"
+)
 
 
 def _setup_constants():
@@ -40,11 +53,27 @@ def _mmseg_tool(*parts):
     return osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', *parts)
 
 
+# The project's own environment has the hook installed (its .pth is in
+# site-packages): a probe "without the hook" takes it out first.
+_WITHOUT_HOOK = """
+import sys
+for _finder in list(sys.meta_path):
+    if getattr(_finder, '__module__', '') == '_mmrevnet_import_hook':
+        sys.meta_path.remove(_finder)
+"""
+
+
 def _run(code, cwd, site_dir=None, timeout=300):
-    """Run ``code`` in a fresh interpreter; the checkout on PYTHONPATH."""
-    prelude = ''
+    """Run ``code`` in a fresh interpreter; the checkout on PYTHONPATH.
+
+    With ``site_dir`` the hook's .pth line is processed as an install would
+    (``site.addsitedir``); without it the hook is taken out, whether or not
+    this environment has it installed.
+    """
     if site_dir is not None:
         prelude = f'import site; site.addsitedir({site_dir!r})\n'
+    else:
+        prelude = _WITHOUT_HOOK
     env = dict(os.environ, PYTHONPATH=REPO)
     return subprocess.run(
         [sys.executable, '-c', prelude + textwrap.dedent(code)],
@@ -69,6 +98,7 @@ def site_dir(tmp_path_factory):
 def user_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp('user_project')
     (folder / 'user_cfg.py').write_text(USER_CONFIG)
+    (folder / 'path_cfg.py').write_text(PATH_CONFIG)
     return str(folder)
 
 
@@ -136,14 +166,14 @@ def test_register_all_modules_first(user_dir, site_dir):
     assert result.stdout.strip().endswith('MRevNetV1c')
 
 
-def test_print_config_inherits_mmrevnet_config(user_dir, site_dir):
+def test_print_config_on_a_user_config(user_dir, site_dir):
     """mmseg's print_config.py, run from a user's folder outside the
-    checkout, on a config with ``_base_ = 'mmrevnet::...'``."""
+    checkout, on a config whose custom_imports names mmrevnet."""
     tool = _mmseg_tool('misc', 'print_config.py')
     result = _run(
         f"""
         import runpy, sys
-        sys.argv = [{tool!r}, 'user_cfg.py']
+        sys.argv = [{tool!r}, 'path_cfg.py']
         runpy.run_path({tool!r}, run_name='__main__')
         """,
         user_dir,
@@ -161,7 +191,7 @@ def test_get_flops_gets_past_imports(user_dir, site_dir):
     result = _run(
         f"""
         import runpy, sys
-        sys.argv = [{tool!r}, 'user_cfg.py', '--shape', '64', '128']
+        sys.argv = [{tool!r}, 'path_cfg.py', '--shape', '64', '128']
         runpy.run_path({tool!r}, run_name='__main__')
         """,
         user_dir,
@@ -278,3 +308,36 @@ def test_wheel_install_outside_the_checkout(tmp_path, user_dir):
         'False',
         osp.join(site_packages, 'mmrevnet', '__init__.py'),
     ]
+
+
+_SHADOWED = """
+import mmrevnet
+print(getattr(mmrevnet, '__file__', None))
+"""
+
+
+def test_clone_folder_does_not_shadow_the_package(tmp_path):
+    """A script next to a folder named ``mmrevnet/`` (a clone's root has no
+    ``__init__.py``) gets the installed package with the hook; without it,
+    an empty namespace package. Uses this environment's install (no
+    PYTHONPATH): the control shows the shadowing is real here."""
+    (tmp_path / 'mmrevnet').mkdir()
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    outputs = {}
+    for name, prelude in (('hook', ''), ('without', _WITHOUT_HOOK)):
+        result = subprocess.run(
+            [sys.executable, '-c', prelude + _SHADOWED],
+            cwd=str(tmp_path),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs[name] = result.stdout.strip().splitlines()[-1]
+    if outputs['without'] != 'None':
+        pytest.skip(
+            'mmrevnet is installed as a regular package here: a folder '
+            'cannot shadow it'
+        )
+    assert outputs['hook'].endswith(osp.join('mmrevnet', '__init__.py'))
