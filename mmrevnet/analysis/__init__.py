@@ -6,22 +6,7 @@ live bytes of a training step on any device (:func:`step_peak`) and reads
 the CUDA peak memory (:func:`cuda_peak_memory`).
 """
 
-from .memory import (
-    SavedStorage,
-    SavedTensorCounter,
-    StepPeak,
-    cuda_peak_memory,
-    saved_bytes,
-    step_peak,
-    step_peak_bytes,
-)
+from . import memory
+from .memory import *  # noqa: F401,F403  (the names of memory.__all__)
 
-__all__ = [
-    'SavedTensorCounter',
-    'SavedStorage',
-    'saved_bytes',
-    'cuda_peak_memory',
-    'StepPeak',
-    'step_peak',
-    'step_peak_bytes',
-]
+__all__ = list(memory.__all__)

@@ -40,6 +40,20 @@ def sync_bn_to_bn(cfg) -> None:
             sync_bn_to_bn(value)
 
 
+def _load_config(
+    config: str, work_dir: Optional[str], cfg_options: Optional[dict]
+) -> Config:
+    """The config with ``--cfg-options`` and the work dir applied."""
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', _config_stem(config))
+    return cfg
+
+
 def _use_safe_loading_runner(cfg: Config) -> None:
     # A config that names its own runner keeps it.
     if cfg.get('runner_type') is None:
@@ -137,13 +151,7 @@ def build_train_config(
         ``'MRevNetRunner'``), after :func:`init_cpu_launcher` for a
         multi-process run without GPUs. Building it has no side effect.
     """
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if work_dir is not None:
-        cfg.work_dir = work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', _config_stem(config))
+    cfg = _load_config(config, work_dir, cfg_options)
     if amp:
         _enable_amp(cfg)
     if resume is True:
@@ -192,13 +200,7 @@ def build_test_config(
     Returns:
         Config: Ready for ``RUNNERS.build(cfg).test()``.
     """
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if work_dir is not None:
-        cfg.work_dir = work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', _config_stem(config))
+    cfg = _load_config(config, work_dir, cfg_options)
     cfg.load_from = checkpoint
     if show_dir is not None:
         hooks = cfg.default_hooks
