@@ -15,7 +15,8 @@ from typing import List
 
 from torch import nn
 
-from mmrevnet.models.backbones.mrevnet import MRevNet, map_resnet_keys
+from mmrevnet.models.backbones.mrevnet import MRevNet
+from mmrevnet.models.utils.weight_loading import map_resnet_keys
 
 #: The command-line flag of the tools that accepts a partial load.
 NON_STRICT_FLAG = '--non-strict'
@@ -66,7 +67,7 @@ def compare_state_dict(model: nn.Module, state_dict, prefix='') -> KeyReport:
     """Compare checkpoint tensors with a model's, as loading would see them.
 
     MRevNet backbones rename mmpretrain's and torchvision's layouts on load
-    (:func:`~mmrevnet.models.backbones.mrevnet.map_resnet_keys`); the same
+    (:func:`~mmrevnet.models.utils.weight_loading.map_resnet_keys`); the same
     renaming is applied to a copy here first.
 
     Args:

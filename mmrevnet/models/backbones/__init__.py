@@ -1,11 +1,9 @@
-from .mrevnet import (
+from ..utils.res_layer import (
     MomentumBasicBlock,
     MomentumBottleneck,
     MomentumResLayer,
-    MRevNet,
-    MRevNetV1c,
-    MRevNetV1d,
 )
+from .mrevnet import MRevNet, MRevNetV1c, MRevNetV1d
 
 __all__ = [
     'MRevNet',

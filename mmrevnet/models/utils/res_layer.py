@@ -1,0 +1,290 @@
+"""The momentum res-layer: a ResNet transition block, then a momentum stage.
+
+The block classes here are mmseg's ResNet blocks with mmpretrain's
+``expansion`` and ``drop_path_rate``: block 0 of a stage is the ordinary
+block (stride, width change, downsample), blocks ``1..n-1`` are residual
+functions ``F`` of a :class:`~mmrevnet.reversible.MomentumStage`, with the
+parameter names of the ResNet blocks they replace.
+"""
+
+from typing import Optional, Sequence
+
+import torch
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import Sequential
+from mmseg.models.backbones.resnet import BasicBlock, Bottleneck
+from torch import Tensor, nn
+
+from mmrevnet.reversible import MomentumStage, checkpointed_call
+
+RESIDUAL_FNS = ('branch', 'block')
+
+
+def _basic_branch(block: BasicBlock, x: Tensor) -> Tensor:
+    out = block.relu(block.norm1(block.conv1(x)))
+    return block.norm2(block.conv2(out))
+
+
+def _bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
+    out = block.relu(block.norm1(block.conv1(x)))
+    out = block.relu(block.norm2(block.conv2(out)))
+    return block.norm3(block.conv3(out))
+
+
+class _MMPretrainBlockArgs:
+    """mmseg's block plus mmpretrain's ``expansion`` and ``drop_path_rate``.
+
+    ``expansion`` is the ratio of output to inner width (mmseg fixes it per
+    block class; mmseg's ``__init__`` reads ``self.expansion``, so an
+    instance value set before it takes effect). ``drop_path_rate`` is the
+    probability of stochastic depth: in training, the residual branch of a
+    sample is dropped (and the kept ones scaled by ``1 / (1 - p)``), as in
+    mmpretrain's ResNet blocks. No parameter is added, so the state-dict
+    keys stay those of mmseg's blocks.
+    """
+
+    def __init__(
+        self,
+        *args,
+        expansion: Optional[int] = None,
+        drop_path_rate: float = 0.0,
+        **kwargs,
+    ):
+        if expansion is not None:
+            self.expansion = expansion
+        super().__init__(*args, **kwargs)
+        self.drop_path = (
+            DropPath(drop_prob=drop_path_rate)
+            if drop_path_rate > 0
+            else nn.Identity()
+        )
+
+
+class _TransitionBlock(_MMPretrainBlockArgs):
+    """Block 0 of a stage: the ResNet block, with drop path on its branch.
+
+    Same computation as mmseg's block without plugins (checkpointing is
+    done by :class:`MomentumResLayer`, not by the block).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.drop_path(self._branch(x)) + identity)
+
+
+class TransitionBasicBlock(_TransitionBlock, BasicBlock):
+    """Block 0 of a stage of BasicBlocks (same parameter names)."""
+
+    _branch = _basic_branch
+
+
+class TransitionBottleneck(_TransitionBlock, Bottleneck):
+    """Block 0 of a stage of Bottlenecks (same parameter names)."""
+
+    _branch = _bottleneck_branch
+
+
+class _MomentumResidual(_MMPretrainBlockArgs):
+    """Turns a ResNet block into the residual function ``F`` of a stage.
+
+    ``residual_fn='branch'`` gives the residual branch (convolutions and
+    norms, no identity, no final ReLU), as in m-RevNet. ``'block'`` gives
+    ``block(x) - x``, so that ``gamma = 0`` is exactly the ResNet block
+    (Momentum ResNets' choice for warm-starting from ResNet weights).
+    Drop path acts on the branch in both, where mmpretrain's ResNet block
+    puts it. Parameter names are those of the ResNet block.
+
+    Args:
+        residual_fn (str): ``'branch'`` or ``'block'``.
+            Defaults to ``'branch'``.
+        **kwargs: Arguments of the ResNet block.
+    """
+
+    def __init__(self, residual_fn: str = 'branch', **kwargs):
+        super().__init__(**kwargs)
+        self.residual_fn = residual_fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        branch = self.drop_path(self._branch(x))
+        if self.residual_fn == 'branch':
+            return branch
+        return self.relu(branch + x) - x
+
+
+class MomentumBasicBlock(_MomentumResidual, BasicBlock):
+    """``F`` built from a :class:`BasicBlock` (same parameter names)."""
+
+    _branch = _basic_branch
+
+
+class MomentumBottleneck(_MomentumResidual, Bottleneck):
+    """``F`` built from a :class:`Bottleneck` (same parameter names)."""
+
+    _branch = _bottleneck_branch
+
+
+# mmseg block -> (transition block, momentum block).
+_STAGE_BLOCKS = {
+    BasicBlock: (TransitionBasicBlock, MomentumBasicBlock),
+    Bottleneck: (TransitionBottleneck, MomentumBottleneck),
+}
+
+
+def needs_grad(modules: Sequence[nn.Module], x: Tensor) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(
+        p.requires_grad for m in modules for p in m.parameters()
+    )
+
+
+class MomentumResLayer(Sequential):
+    """One stage: a ResNet transition block, then a momentum stage.
+
+    Block 0 changes stride, dilation and width exactly like the first block
+    of a ResNet stage (with its downsample branch); blocks ``1..n-1`` are the
+    residual functions of a :class:`MomentumStage` whose velocity starts at
+    zero. Children are named ``0 .. n-1`` so that the parameter names equal
+    those of mmseg's ``ResLayer``.
+
+    Args:
+        block (type): :class:`BasicBlock` or :class:`Bottleneck`.
+        inplanes (int): Input channels.
+        planes (int): Block width (output is ``planes * expansion``).
+        num_blocks (int): Blocks in the stage (at least 1).
+        stage (MomentumStage): The momentum stage; its mode also decides
+            whether block 0 is checkpointed in training (any mode but
+            ``'plain'``, unless ``keep_transition``).
+        stride (int): Stride of block 0. Defaults to 1.
+        dilation (int): Dilation of the stage. Defaults to 1.
+        avg_down (bool): AvgPool before the downsample conv.
+            Defaults to False.
+        conv_cfg (dict, optional): Conv layer config. Defaults to None.
+        norm_cfg (dict): Norm layer config. Defaults to dict(type='BN').
+        multi_grid (Sequence[int], optional): Per-block dilations of the
+            stage. Defaults to None.
+        contract_dilation (bool): Halve the dilation of block 0.
+            Defaults to False.
+        residual_fn (str): ``'branch'`` or ``'block'``. Defaults to
+            ``'branch'``.
+        expansion (int, optional): Output width over block width; None
+            uses the block's own (1 or 4). Defaults to None.
+        drop_path_rates (Sequence[float], optional): Stochastic depth rate
+            of each block of the stage; None drops nothing.
+            Defaults to None.
+        keep_transition (bool): Keep block 0's activations instead of
+            checkpointing it (part of a memory plan). Defaults to False.
+        **kwargs: Passed to every block (``style``, ``init_cfg``).
+    """
+
+    def __init__(
+        self,
+        block,
+        inplanes: int,
+        planes: int,
+        num_blocks: int,
+        stage: MomentumStage,
+        stride: int = 1,
+        dilation: int = 1,
+        avg_down: bool = False,
+        conv_cfg: Optional[dict] = None,
+        norm_cfg: dict = dict(type='BN'),
+        multi_grid: Optional[Sequence[int]] = None,
+        contract_dilation: bool = False,
+        residual_fn: str = 'branch',
+        expansion: Optional[int] = None,
+        drop_path_rates: Optional[Sequence[float]] = None,
+        keep_transition: bool = False,
+        **kwargs,
+    ):
+        downsample = None
+        if expansion is None:
+            expansion = block.expansion
+        if drop_path_rates is None:
+            drop_path_rates = [0.0] * num_blocks
+        outplanes = planes * expansion
+        if stride != 1 or inplanes != outplanes:
+            layers = []
+            conv_stride = stride
+            if avg_down:
+                conv_stride = 1
+                layers.append(
+                    nn.AvgPool2d(
+                        kernel_size=stride,
+                        stride=stride,
+                        ceil_mode=True,
+                        count_include_pad=False,
+                    )
+                )
+            layers += [
+                build_conv_layer(
+                    conv_cfg,
+                    inplanes,
+                    outplanes,
+                    kernel_size=1,
+                    stride=conv_stride,
+                    bias=False,
+                ),
+                build_norm_layer(norm_cfg, outplanes)[1],
+            ]
+            downsample = nn.Sequential(*layers)
+        if multi_grid is not None:
+            dilations = list(multi_grid)
+        else:
+            first = (
+                dilation // 2
+                if (dilation > 1 and contract_dilation)
+                else dilation
+            )
+            dilations = [first] + [dilation] * (num_blocks - 1)
+        transition_block, momentum_block = _STAGE_BLOCKS[block]
+        blocks = [
+            transition_block(
+                inplanes=inplanes,
+                planes=planes,
+                stride=stride,
+                dilation=dilations[0],
+                downsample=downsample,
+                conv_cfg=conv_cfg,
+                norm_cfg=norm_cfg,
+                expansion=expansion,
+                drop_path_rate=drop_path_rates[0],
+                **kwargs,
+            )
+        ]
+        for index in range(1, num_blocks):
+            function = momentum_block(
+                residual_fn=residual_fn,
+                inplanes=outplanes,
+                planes=planes,
+                stride=1,
+                dilation=dilations[index],
+                conv_cfg=conv_cfg,
+                norm_cfg=norm_cfg,
+                expansion=expansion,
+                drop_path_rate=drop_path_rates[index],
+                **kwargs,
+            )
+            blocks.append(function)
+        super().__init__(*blocks)
+        self.stage = stage
+        self.keep_transition = keep_transition
+
+    @property
+    def functions(self):
+        """The residual functions of the momentum stage."""
+        return list(self)[1:]
+
+    def forward(self, x: Tensor) -> Tensor:
+        transition = self[0]
+        if (
+            self.stage.config.mode != 'plain'
+            and not self.keep_transition
+            and self.training
+            and needs_grad([transition], x)
+        ):
+            x = checkpointed_call(transition, x)
+        else:
+            x = transition(x)
+        return self.stage(self.functions, x, training=self.training)

@@ -1,0 +1,169 @@
+"""Loading ResNet weights into m-RevNet backbones.
+
+The key mapping of mmpretrain's and torchvision's ResNet layouts (applied by
+a load pre-hook, so ``init_cfg=dict(type='Pretrained')`` reads them), the
+``residual_fn`` record of a saved MRevNet, and the warm-start default of
+``residual_fn``.
+"""
+
+import re
+import warnings
+from collections import OrderedDict
+
+
+def _gives_pretrained_weights(pretrained, init_cfg) -> bool:
+    if isinstance(pretrained, str):
+        return True
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    return any(
+        isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'
+        for cfg in cfgs
+    )
+
+
+def resolve_residual_fn(residual_fn, pretrained=None, init_cfg=None) -> str:
+    """The residual function a backbone builds for ``residual_fn``.
+
+    Args:
+        residual_fn (str, optional): ``'branch'``, ``'block'``, or None /
+            ``'auto'``.
+        pretrained (str, optional): The backbone's ``pretrained``.
+        init_cfg (dict | list[dict], optional): The backbone's ``init_cfg``.
+
+    Returns:
+        str: ``residual_fn`` itself when given; for None / ``'auto'``,
+        ``'block'`` when pretrained weights are given (ResNet weights keep
+        their meaning in ``block(x) - x``) and ``'branch'`` otherwise (the
+        m-RevNet paper's choice for training from scratch).
+    """
+    if residual_fn not in (None, 'auto'):
+        return residual_fn
+    if _gives_pretrained_weights(pretrained, init_cfg):
+        return 'block'
+    return 'branch'
+
+
+# Metadata entry that marks a state dict saved from an MRevNet.
+_RESIDUAL_FN_MARK = 'mrevnet_residual_fn'
+# Keys of momentum blocks (block 1.. of a stage).
+_MOMENTUM_KEY = re.compile(r'^layer\d+\.[1-9]\d*\.')
+
+
+def record_residual_fn(module, state_dict, prefix, local_metadata) -> None:
+    """State-dict hook: mark the weights with the backbone's residual_fn.
+
+    The mark lives in the state dict's ``_metadata`` (like a module's
+    version), so the keys stay those of the ResNet. Loading with a prefix
+    (``Pretrained`` with ``prefix=``) loses it.
+    """
+    local_metadata[_RESIDUAL_FN_MARK] = module.residual_fn
+
+
+def _check_stem_layout(module, keys) -> None:
+    # Refused even for a non-strict load: torch passes strict=True to every
+    # hook whatever the caller asked, and a "pretrained" network whose stem
+    # stayed at its initialisation is never what was meant.
+    deep = 'stem.0.weight' in keys
+    plain = 'conv1.weight' in keys
+    if deep == plain or deep == module.deep_stem:
+        return
+    if module.deep_stem:
+        found = 'a 7x7 stem (conv1.*, torchvision or ResNet layout)'
+        fix = 'MRevNet (deep_stem=False)'
+    else:
+        found = 'a deep stem (stem.*, ResNetV1c/V1d layout)'
+        fix = 'MRevNetV1c or MRevNetV1d'
+    raise ValueError(
+        f'the checkpoint has {found} but this {type(module).__name__} has '
+        f'deep_stem={module.deep_stem}: its stem would stay at its '
+        f'initialisation. Build {fix} for these weights.'
+    )
+
+
+def _warn_residual_fn(module, keys, local_metadata) -> None:
+    if module._warned_residual_fn or not any(map(_MOMENTUM_KEY.match, keys)):
+        return
+    recorded = local_metadata.get(_RESIDUAL_FN_MARK)
+    if recorded == module.residual_fn or (
+        recorded is None and module.residual_fn == 'block'
+    ):
+        return
+    module._warned_residual_fn = True
+    if recorded is None:
+        warnings.warn(
+            'loading weights that carry no m-RevNet mark (ResNet weights, '
+            'converted ones, or any loaded with a prefix) into momentum '
+            "blocks with residual_fn='branch': ResNet weights lose their "
+            'meaning there (F is the residual branch alone). For ResNet '
+            "weights use residual_fn='block' (the default when pretrained "
+            'weights are given). If these are weights of an m-RevNet trained '
+            "with residual_fn='branch', this does not apply."
+        )
+    else:
+        warnings.warn(
+            f'the checkpoint was saved from an MRevNet with '
+            f'residual_fn={recorded!r}, but this one uses '
+            f'residual_fn={module.residual_fn!r}: the momentum blocks compute '
+            f'a different function with the same weights. Set '
+            f'residual_fn={recorded!r} to keep it.'
+        )
+
+
+def map_resnet_keys(module, state_dict, prefix: str = '') -> OrderedDict:
+    """Rename mmpretrain's / torchvision's ResNet keys, in place.
+
+    mmpretrain's deep stem (``stem.<i>.conv``/``stem.<i>.bn``, and V1d's
+    pool-less stride-one downsample) becomes mmseg's keys and
+    torchvision's classifier ``fc`` is dropped, with the renaming of
+    :mod:`mmrevnet.models.convert`; other keys are left alone.
+
+    Args:
+        module (MRevNet): The backbone the weights are for.
+        state_dict (dict): Checkpoint tensors; changed in place.
+        prefix (str): Where the backbone's keys start in ``state_dict``.
+            Defaults to ''.
+
+    Returns:
+        OrderedDict: The backbone's tensors after renaming, without
+        ``prefix``.
+    """
+    # convert.py imports the backbones; import it when loading, not before.
+    from mmrevnet.models.convert import detect_source, rename_keys
+
+    names = [key for key in state_dict if key.startswith(prefix)]
+    local = OrderedDict((key[len(prefix) :], state_dict[key]) for key in names)
+    if not local:
+        return local
+    source = detect_source(local)
+    if source != 'mmseg':
+        local, _, _ = rename_keys(local, source, avg_down=module.avg_down)
+        for key in names:
+            del state_dict[key]
+        state_dict.update(
+            (prefix + key, value) for key, value in local.items()
+        )
+    return local
+
+
+def map_resnet_keys_on_load(
+    module,
+    state_dict,
+    prefix,
+    local_metadata,
+    strict,
+    missing_keys,
+    unexpected_keys,
+    error_msgs,
+) -> None:
+    """Load pre-hook: read mmpretrain's and torchvision's ResNet layouts.
+
+    Renames with :func:`map_resnet_keys`; every other key is left to the
+    usual strict or non-strict check. A checkpoint whose stem is of the
+    other layout (torchvision's 7x7 stem into a deep-stem backbone) is
+    refused with :class:`ValueError` naming the variant to build.
+    """
+    local = map_resnet_keys(module, state_dict, prefix)
+    if not local:
+        return
+    _check_stem_layout(module, local)
+    _warn_residual_fn(module, list(local), local_metadata)
