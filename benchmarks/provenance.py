@@ -32,6 +32,7 @@ _MODELS = _CORE + (
     'mmrevnet/models/*.py',
     'mmrevnet/models/backbones/*.py',
     'mmrevnet/models/heads/*.py',
+    'mmrevnet/models/utils/*.py',
 )
 
 

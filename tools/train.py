@@ -15,6 +15,10 @@ from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
 from mmrevnet.engine import build_train_config, init_cpu_launcher
+from mmrevnet.engine.data_check import (
+    DataCheckError,
+    check_segmentation_data,
+)
 from mmrevnet.engine.strict_loading import (
     CheckpointMismatchError,
     strict_loading,
@@ -38,6 +42,13 @@ def parse_args():
         action='store_true',
         help='accept a load_from / resume checkpoint that does not fill the '
         'model exactly (e.g. another number of classes)',
+    )
+    parser.add_argument(
+        '--skip-data-check',
+        action='store_true',
+        help='do not read the label maps of a segmentation training set '
+        'before training (empty set, missing label file, label value '
+        'outside the classes)',
     )
     parser.add_argument(
         '--amp',
@@ -75,6 +86,11 @@ def main():
         cfg_options=args.cfg_options,
         launcher=args.launcher,
     )
+    if not args.skip_data_check:
+        try:
+            check_segmentation_data(cfg)
+        except DataCheckError as error:
+            sys.exit(f'error: {error} (--skip-data-check to train anyway)')
     init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
     model = (
