@@ -113,7 +113,7 @@ RESULTS: Dict[str, Result] = {
     'digits': Result(
         outputs=('docs/digits/results.json', 'docs/digits/results.md'),
         command='python tools/analysis_tools/digits_results.py '
-        '--out-dir docs/digits',
+        '--out-dir docs/digits --seeds 0',
         sources=_MODELS
         + (
             'configs/digits/*.py',
@@ -149,6 +149,20 @@ RESULTS: Dict[str, Result] = {
             'benchmarks/bad_inputs.py',
             'tools/analysis_tools/bad_input_table.py',
         ),
+    ),
+    'warm_start': Result(
+        outputs=(
+            'docs/warm_start/results.json',
+            'docs/warm_start/results.md',
+            'docs/warm_start/curves.png',
+        ),
+        command='python tools/analysis_tools/warm_start.py '
+        '--out-dir docs/warm_start',
+        historical='made at commit 20f9951 (42 min on the shared 2-core '
+        'CPU); later commits of that session moved the backbone blocks to '
+        'models/utils (mmrevnet/reversible unchanged) and added tooling '
+        '(step-peak measure, import hook, data checks); not rerun, as '
+        'docs/warm_start.md says',
     ),
     'gpu_h100': Result(
         outputs=(
