@@ -249,7 +249,7 @@ class PlanResult:
 
 
 class BudgetError(ValueError):
-    """The budget is below the floor plan's step peak."""
+    """No plan's predicted step peak fits the budget."""
 
 
 def plan_for_budget(figures: PlannerFigures, budget_bytes: int) -> PlanResult:
@@ -258,20 +258,25 @@ def plan_for_budget(figures: PlannerFigures, budget_bytes: int) -> PlanResult:
     Ties (same recomputation) go to the smaller peak. Raises
     :class:`BudgetError`, naming the floor, if no plan fits.
     """
-    best = None
+    best = least = None
     for plan in figures.plans():
         peak = figures.predict_peak(plan)
+        if least is None or peak < least[0]:
+            least = (peak, plan)
         if peak > budget_bytes:
             continue
         key = (figures.predict_recompute_seconds(plan), peak)
         if best is None or key < best[0]:
             best = (key, plan)
     if best is None:
+        # Usually the floor itself; on tiny models keeping the last stage
+        # can be lower (no recomputation transient), so name both.
         raise BudgetError(
             f'budget {budget_bytes / _MIB:.1f} MiB is below the floor: the '
             'plan that recomputes everything needs a step peak of '
             f'{figures.floor_peak_bytes / _MIB:.1f} MiB at input shape '
-            f'{tuple(figures.shape)}'
+            f'{tuple(figures.shape)}, and no plan is predicted below '
+            f'{least[0] / _MIB:.1f} MiB ({least[1]})'
         )
     (seconds, peak), plan = best
     return PlanResult(
