@@ -88,6 +88,23 @@ RESULTS: Dict[str, Result] = {
         '"MRevNetV1c + memory-saving heads"',
         sources=_BENCHMARK_SOURCES,
     ),
+    'frontier_cpu': Result(
+        outputs=(
+            'docs/benchmark/frontier/frontier.json',
+            'docs/benchmark/frontier/frontier.md',
+            'docs/benchmark/frontier/frontier.png',
+        ),
+        command='python tools/analysis_tools/frontier.py '
+        '--out-dir docs/benchmark/frontier --repeats 7',
+        sources=_MODELS
+        + (
+            'mmrevnet/analysis/memory.py',
+            'mmrevnet/analysis/planner.py',
+            'benchmarks/benchmark.py',
+            'benchmarks/frontier.py',
+            'tools/analysis_tools/frontier.py',
+        ),
+    ),
     'bad_input': Result(
         outputs=('docs/bad_input.md',),
         command='python tools/analysis_tools/bad_input_table.py',

@@ -7,6 +7,10 @@ Examples:
         --out-dir docs/benchmark/frontier
     # smoke run
     python tools/analysis_tools/frontier.py --quick --out-dir /tmp/f
+    # tables, targets and plot again from a stored run (no measurement)
+    python tools/analysis_tools/frontier.py \
+        --from-json docs/benchmark/frontier/frontier.json \
+        --out-dir docs/benchmark/frontier
 """
 
 import argparse
@@ -25,6 +29,7 @@ if _REPO not in sys.path:
 import mmrevnet  # noqa: E402,F401  (registration before mmseg loads)
 from benchmarks.frontier import (  # noqa: E402
     CHECKPOINT_SUBSETS,
+    check_targets,
     markdown,
     plot,
     run_frontier,
@@ -51,6 +56,11 @@ def parse_args(argv=None):
         'two threads wait on each other at every operator)',
     )
     parser.add_argument(
+        '--from-json',
+        metavar='JSON',
+        help='recompute the targets, table and plot of a stored run',
+    )
+    parser.add_argument(
         '--quick',
         action='store_true',
         help='depth 50, backbone only, 64x64, 3 budgets, 1 step (smoke)',
@@ -60,6 +70,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            stored = json.load(f)
+        for result in stored['results']:
+            result['checks'] = check_targets(result['rows'])
+        _write(args.out_dir, stored)
+        return stored['results']
     if args.quick:
         args.depth, args.heads, args.size = 50, ['backbone'], [64, 64]
         args.budgets, args.repeats, args.warmup = 3, 1, 0
@@ -78,29 +95,32 @@ def main(argv=None):
         )
         for head in args.heads
     ]
-    os.makedirs(args.out_dir, exist_ok=True)
     device = (
         f'{platform.processor() or platform.machine()} CPU, '
         f'{torch.get_num_threads()} thread(s)'
     )
-    with open(osp.join(args.out_dir, 'frontier.json'), 'w') as f:
-        json.dump(
-            dict(
-                device=device,
-                torch=torch.__version__,
-                settings=vars(args),
-                results=results,
-            ),
-            f,
-            indent=2,
-        )
-    table = markdown(results)
-    with open(osp.join(args.out_dir, 'frontier.md'), 'w') as f:
-        f.write(f'Device: {device}; torch {torch.__version__}.\n\n{table}')
-    figure = plot(results, osp.join(args.out_dir, 'frontier.png'))
-    print(table)
-    print(f'written: {args.out_dir}/frontier.json, frontier.md, {figure}')
+    stored = dict(
+        device=device,
+        torch=torch.__version__,
+        settings=vars(args),
+        results=results,
+    )
+    _write(args.out_dir, stored)
     return results
+
+
+def _write(out_dir, stored):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(osp.join(out_dir, 'frontier.json'), 'w') as f:
+        json.dump(stored, f, indent=2)
+    table = markdown(stored['results'])
+    with open(osp.join(out_dir, 'frontier.md'), 'w') as f:
+        f.write(
+            f'Device: {stored["device"]}; torch {stored["torch"]}.\n\n{table}'
+        )
+    figure = plot(stored['results'], osp.join(out_dir, 'frontier.png'))
+    print(table)
+    print(f'written: {out_dir}/frontier.json, frontier.md, {figure}')
 
 
 if __name__ == '__main__':
