@@ -18,6 +18,8 @@ Examples:
 import argparse
 import json
 
+import torch
+
 import mmrevnet  # noqa: F401  (registers the models)
 from mmrevnet.analysis.memory import step_peak
 from mmrevnet.analysis.planner import (
@@ -47,6 +49,12 @@ def parse_args(argv=None):
         action='store_true',
         help='also measure the step peak of the chosen plan',
     )
+    parser.add_argument(
+        '--threads',
+        type=int,
+        help="torch threads for the measurements (default: torch's); on a "
+        'CPU shared with other jobs, 1 gives steadier block timings',
+    )
     parser.add_argument('--json', help='write the result to this file')
     return parser.parse_args(argv)
 
@@ -54,6 +62,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     shape = tuple(int(s) for s in args.shape.split(','))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     planner = ConfigPlanner(args.config, device=args.device)
     figures = planner.measure(shape, repeats=args.repeats, log=print)
     try:
