@@ -140,6 +140,19 @@ RESULTS: Dict[str, Result] = {
         '--out-dir docs/benchmark/full_res_ade20k',
         sources=_BENCHMARK_SOURCES,
     ),
+    'frontier_cpu': Result(
+        outputs=(
+            'docs/benchmark/frontier/frontier.json',
+            'docs/benchmark/frontier/frontier.md',
+            'docs/benchmark/frontier/frontier.png',
+        ),
+        command='python tools/analysis_tools/frontier.py '
+        '--out-dir docs/benchmark/frontier --repeats 7',
+        historical='made at commit afa95c7 (about 40 min on the shared '
+        'CPU); later commits of that session moved the backbone blocks to '
+        'models/utils (mmrevnet/reversible unchanged) and changed only the '
+        "planner's error path; not rerun, as the README says",
+    ),
     'bad_input': Result(
         outputs=('docs/bad_input.md',),
         command='python tools/analysis_tools/bad_input_table.py',
