@@ -85,6 +85,13 @@ def step(name, func):
 
 # Without mmrevnet: the breakage must show up here.
 _PROBE_WITHOUT = """
+# This environment has mmrevnet's import hook installed (its .pth runs at
+# start-up); without mmrevnet means without the hook too.
+for _finder in list(sys.meta_path):
+    if getattr(_finder, '__module__', '') == '_mmrevnet_import_hook':
+        sys.meta_path.remove(_finder)
+
+
 def import_mmseg_models():
     import mmseg.models  # noqa: F401
 

@@ -25,16 +25,26 @@ def test_records_name_command_commit_and_fingerprint():
 
 @pytest.fixture
 def scratch_repo(tmp_path, monkeypatch):
-    """A copy of the files of one result and its manifest entry."""
+    """A copy of one result's files with a fresh record of them."""
     name = 'bad_input'
     result = provenance.RESULTS[name]
-    files = provenance.source_files(result) + list(result.outputs)
-    for path in files + [provenance.MANIFEST]:
+    sources = provenance.source_files(result)
+    for path in sources + list(result.outputs):
         target = tmp_path / path
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(provenance.REPO + '/' + path, target)
     monkeypatch.setattr(provenance, 'REPO', str(tmp_path))
     monkeypatch.setattr(provenance, 'RESULTS', {name: result})
+    record = dict(
+        command=result.command,
+        commit='scratch',
+        sources=sources,
+        fingerprint=provenance.fingerprint(sources),
+        outputs=list(result.outputs),
+    )
+    manifest = tmp_path / provenance.MANIFEST
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({name: record}))
     return tmp_path, name, result
 
 

@@ -223,7 +223,12 @@ def test_classifier_checkpoint_initialises_segmentor(tmp_path):
     assert type(segmentor.backbone) is MRevNetV1c
     before = segmentor.backbone.state_dict()
     assert not torch.equal(before['stem.0.weight'], trained['stem.0.weight'])
-    segmentor.init_weights()
+    # The classifier checkpoint is a Runner checkpoint (message hub): a
+    # script reads it with the scoped safe globals, as MRevNetRunner does.
+    from mmrevnet.engine import runner_checkpoint_globals
+
+    with runner_checkpoint_globals(checkpoint):
+        segmentor.init_weights()
     loaded = segmentor.backbone.state_dict()
     assert set(loaded) == set(trained)
     unequal = [k for k in loaded if not torch.equal(loaded[k], trained[k])]
@@ -331,9 +336,10 @@ def test_digits_configs_share_the_recipe():
     assert set(mrev.model.backbone) - {'type'} <= MREVNET_ARGS
     a, b = mrev.to_dict(), base.to_dict()
     a['model'].pop('backbone'), b['model'].pop('backbone')
-    for extra in ('custom_imports', 'mrevnet_v1c'):
+    for extra in ('custom_imports', 'mrevnet_v1c', 'runner_type'):
         a.pop(extra, None)
     assert a == b
+    assert mrev.runner_type == 'MRevNetRunner'
     for cfg in (mrev, base):
         model = _build_classifier(cfg.model)
         model.eval()
