@@ -155,7 +155,8 @@ RESULTS: Dict[str, Result] = {
     ),
     'bad_input': Result(
         outputs=('docs/bad_input.md',),
-        command='python tools/analysis_tools/bad_input_table.py',
+        command='python tools/analysis_tools/bad_input_table.py '
+        '--out docs/bad_input.md',
         sources=_MODELS
         + (
             'mmrevnet/engine/*.py',

@@ -1,5 +1,6 @@
 """Turn command-line options into a Runner config (shared by the tools)."""
 
+import logging
 import os.path as osp
 from typing import Optional
 
@@ -28,16 +29,23 @@ def _enable_amp(cfg: Config) -> None:
         cfg.optim_wrapper.type = 'MRevNetBF16CPUAmpOptimWrapper'
 
 
-def sync_bn_to_bn(cfg) -> None:
-    """Replace every ``SyncBN`` norm config by ``BN``, in place."""
+def sync_bn_to_bn(cfg) -> int:
+    """Replace every ``SyncBN`` norm config by ``BN``, in place.
+
+    Returns:
+        int: How many norm configs were replaced.
+    """
+    replaced = 0
     if isinstance(cfg, dict):
         if cfg.get('type') == 'SyncBN':
             cfg['type'] = 'BN'
+            replaced += 1
         for value in cfg.values():
-            sync_bn_to_bn(value)
+            replaced += sync_bn_to_bn(value)
     elif isinstance(cfg, (list, tuple)):
         for value in cfg:
-            sync_bn_to_bn(value)
+            replaced += sync_bn_to_bn(value)
+    return replaced
 
 
 def _load_config(
@@ -88,7 +96,16 @@ def _prepare_launcher(cfg: Config, launcher: str) -> None:
     cfg.env_cfg.dist_cfg.backend = 'gloo'
     # SyncBatchNorm only runs on GPUs: on CPUs each process normalises with
     # its own batch statistics.
-    sync_bn_to_bn(cfg.model)
+    if sync_bn_to_bn(cfg.model):
+        from mmengine.logging import print_log
+
+        print_log(
+            'SyncBN is unavailable without CUDA: every SyncBN of the model '
+            'config is BN in this multi-process CPU run (each process '
+            'normalises with its own batch statistics)',
+            logger='current',
+            level=logging.WARNING,
+        )
     wrapper = cfg.get('model_wrapper_cfg')
     if wrapper is None:
         cfg.model_wrapper_cfg = dict(
