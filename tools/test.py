@@ -6,18 +6,13 @@ Example:
 
 import argparse
 import os
-import sys
 
 from mmengine.config import DictAction
-from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
 from mmrevnet.engine import build_test_config, init_cpu_launcher
-from mmrevnet.engine.strict_loading import (
-    CheckpointMismatchError,
-    strict_loading,
-)
+from mmrevnet.engine.strict_loading import run_loading_strictly
 
 
 def parse_args():
@@ -71,18 +66,9 @@ def main():
     )
     init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
-    model = (
-        runner.model.module
-        if is_model_wrapper(runner.model)
-        else (runner.model)
+    run_loading_strictly(
+        runner, 'test', strict=not args.non_strict, name=args.checkpoint
     )
-    try:
-        with strict_loading(
-            model, strict=not args.non_strict, name=args.checkpoint
-        ):
-            runner.test()
-    except CheckpointMismatchError as error:
-        sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':

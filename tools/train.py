@@ -10,7 +10,6 @@ import os
 import sys
 
 from mmengine.config import DictAction
-from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
@@ -19,10 +18,7 @@ from mmrevnet.engine.data_check import (
     DataCheckError,
     check_segmentation_data,
 )
-from mmrevnet.engine.strict_loading import (
-    CheckpointMismatchError,
-    strict_loading,
-)
+from mmrevnet.engine.strict_loading import run_loading_strictly
 
 
 def parse_args():
@@ -93,20 +89,12 @@ def main():
             sys.exit(f'error: {error} (--skip-data-check to train anyway)')
     init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
-    model = (
-        runner.model.module
-        if is_model_wrapper(runner.model)
-        else (runner.model)
+    run_loading_strictly(
+        runner,
+        'train',
+        strict=not args.non_strict,
+        name=cfg.get('load_from') or '',
     )
-    try:
-        with strict_loading(
-            model,
-            strict=not args.non_strict,
-            name=cfg.get('load_from') or '',
-        ):
-            runner.train()
-    except CheckpointMismatchError as error:
-        sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':

@@ -130,3 +130,29 @@ def strict_loading(model: nn.Module, strict: bool = True, name: str = ''):
         yield
     finally:
         handle.remove()
+
+
+def run_loading_strictly(runner, action: str, strict: bool, name: str):
+    """``runner.<action>()`` under :func:`strict_loading` of its model.
+
+    What the project's tools do: a misfitting checkpoint ends the process
+    with the error (exit status 1) before any training or evaluation.
+
+    Args:
+        runner (Runner): A built runner.
+        action (str): ``'train'`` or ``'test'``.
+        strict (bool): See :func:`strict_loading`.
+        name (str): The checkpoint's name, for the message.
+    """
+    import sys
+
+    from mmengine.model import is_model_wrapper
+
+    model = runner.model
+    if is_model_wrapper(model):
+        model = model.module
+    try:
+        with strict_loading(model, strict=strict, name=name):
+            return getattr(runner, action)()
+    except CheckpointMismatchError as error:
+        sys.exit(f'error: {error}')
