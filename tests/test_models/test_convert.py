@@ -12,7 +12,7 @@ from mmpretrain.models import ResNet as PretrainResNet
 from mmpretrain.models import ResNetV1c as PretrainResNetV1c
 from mmpretrain.models import ResNetV1d as PretrainResNetV1d
 from mmseg.models.backbones import ResNetV1c as SegResNetV1c
-from torch.nn.modules.batchnorm import _BatchNorm
+from model_helpers import randomize_norms
 
 from mmrevnet.models import MRevNet, MRevNetV1c, MRevNetV1d
 from mmrevnet.models.convert import (
@@ -29,16 +29,7 @@ TARGETS = {'plain': MRevNet, 'v1c': MRevNetV1c, 'v1d': MRevNetV1d}
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random BN statistics and affine parameters (not 1/0 defaults)."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            n = module.num_features
-            module.weight.data = 0.5 + torch.rand(n, generator=generator)
-            module.bias.data = 0.2 * torch.randn(n, generator=generator)
-            module.running_mean = 0.1 * torch.randn(n, generator=generator)
-            module.running_var = 0.5 + torch.rand(n, generator=generator)
-            module.num_batches_tracked.fill_(int(seed) + 7)
-    return model
+    return randomize_norms(model, seed, count=int(seed) + 7)
 
 
 def _mmpretrain_key(key: str) -> str:

@@ -10,20 +10,9 @@ from mmpretrain.models.backbones import ResNet as PretrainResNet
 from mmpretrain.models.backbones import ResNetV1c as PretrainResNetV1c
 from mmpretrain.models.backbones import ResNetV1d as PretrainResNetV1d
 from mmseg.models.backbones import ResNetV1c
-from torch.nn.modules.batchnorm import _BatchNorm
+from model_helpers import assert_matches_plain, randomize_norms
 
 from mmrevnet.models import MRevNet, MRevNetV1c, MRevNetV1d
-
-
-def _randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            n = module.num_features
-            module.weight.data = 0.5 + torch.rand(n, generator=generator)
-            module.bias.data = 0.2 * torch.randn(n, generator=generator)
-            module.running_mean = 0.1 * torch.randn(n, generator=generator)
-            module.running_var = 0.5 + torch.rand(n, generator=generator)
 
 
 def _weighted_loss(outs):
@@ -77,7 +66,7 @@ def test_drop_path_memory_saving_grads_and_buffers_equal_plain(residual_fn):
         memory_saving=False, zero_init_residual=False, **kwargs
     )
     reference.init_weights()
-    _randomize_norms(reference)
+    randomize_norms(reference)
     reference = reference.double()
     saving = MRevNetV1c(**kwargs).double()
     no_drop = MRevNetV1c(depth=50, residual_fn=residual_fn).double()
@@ -94,15 +83,15 @@ def test_drop_path_memory_saving_grads_and_buffers_equal_plain(residual_fn):
         grads = torch.autograd.grad(loss, list(model.parameters()))
         results.append((outs, grads, loss.item()))
     assert results[0][2] != results[2][2]  # drop path changed the function
-    for out_ref, out in zip(results[0][0], results[1][0]):
-        assert torch.equal(out_ref, out)
-    names = [name for name, _ in reference.named_parameters()]
-    for name, g_ref, g in zip(names, results[0][1], results[1][1]):
-        scale = g_ref.abs().max().clamp_min(1e-30)
-        error = ((g - g_ref).abs().max() / scale).item()
-        assert error <= 3e-9, (name, error)
-    for (name, b_ref), b in zip(reference.named_buffers(), saving.buffers()):
-        assert torch.equal(b_ref, b), name
+    assert_matches_plain(
+        reference,
+        saving,
+        results[0][0],
+        results[1][0],
+        results[0][1],
+        results[1][1],
+        tol=3e-9,
+    )
 
 
 def test_gamma_zero_block_with_drop_path_is_mmpretrains_resnet():
@@ -116,7 +105,7 @@ def test_gamma_zero_block_with_drop_path_is_mmpretrains_resnet():
         depth=50, drop_path_rate=0.3, out_indices=(0, 1, 2, 3)
     )
     theirs.init_weights()
-    _randomize_norms(theirs)
+    randomize_norms(theirs)
     ours = MRevNetV1c(
         depth=50,
         gamma=0.0,
@@ -187,7 +176,7 @@ def test_mmpretrain_checkpoint_loads_through_pretrained(
     torch.manual_seed(0)
     theirs = theirs_type(depth=18)
     theirs.init_weights()
-    _randomize_norms(theirs)
+    randomize_norms(theirs)
     state = theirs.state_dict()
     assert 'stem.0.conv.weight' in state
     path = tmp_path / 'resnet.pth'
@@ -230,7 +219,7 @@ def test_mmpretrain_classifier_checkpoint_with_prefix(tmp_path):
             neck=dict(type='GlobalAveragePooling'),
             head=dict(type='LinearClsHead', num_classes=4, in_channels=512),
         )
-    _randomize_norms(classifier)
+    randomize_norms(classifier)
     path = tmp_path / 'classifier.pth'
     torch.save({'state_dict': classifier.state_dict()}, path)
     model = MRevNetV1c(
@@ -251,7 +240,7 @@ def test_mmpretrain_classifier_checkpoint_with_prefix(tmp_path):
 def test_torchvision_checkpoint_loads_into_the_matching_variant(tmp_path):
     torch.manual_seed(0)
     theirs = torchvision.models.resnet18()
-    _randomize_norms(theirs)
+    randomize_norms(theirs)
     path = tmp_path / 'resnet18-tv.pth'
     torch.save(theirs.state_dict(), path)
     model = MRevNet(

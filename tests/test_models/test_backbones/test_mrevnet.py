@@ -8,6 +8,7 @@ import torch
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import init_default_scope
 from mmseg.models.backbones import ResNetV1c, ResNetV1d
+from model_helpers import assert_matches_plain, randomize_norms
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmrevnet.analysis.memory import SavedTensorCounter
@@ -16,18 +17,6 @@ from mmrevnet.reversible import MomentumStageFunction
 
 D8 = dict(dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), contract_dilation=True)
 DEPTHS = (18, 34, 50, 101, 152)
-
-
-def _randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN affine parameters and running statistics."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            n = module.num_features
-            module.weight.data = 0.5 + torch.rand(n, generator=generator)
-            module.bias.data = 0.2 * torch.randn(n, generator=generator)
-            module.running_mean = 0.1 * torch.randn(n, generator=generator)
-            module.running_var = 0.5 + torch.rand(n, generator=generator)
 
 
 def _activation_mib(model, x) -> float:
@@ -97,7 +86,7 @@ def test_memory_saving_gradients_and_buffers_match_plain(residual_fn, plan):
         zero_init_residual=False,
     ).double()
     reference.init_weights()
-    _randomize_norms(reference)
+    randomize_norms(reference)
     reference = reference.double()
     saving = MRevNetV1c(depth=50, residual_fn=residual_fn, **plan).double()
     saving.load_state_dict(reference.state_dict())
@@ -128,15 +117,15 @@ def test_memory_saving_gradients_and_buffers_match_plain(residual_fn, plan):
         assert layer.stage.config.num_reversed == len(layer) - max(
             stored[index], 1
         )
-    for out_ref, out in zip(results[0][0], results[1][0]):
-        assert torch.equal(out_ref, out)
-    names = [name for name, _ in reference.named_parameters()]
-    for name, g_ref, g in zip(names, results[0][1], results[1][1]):
-        scale = g_ref.abs().max().clamp_min(1e-30)
-        error = ((g - g_ref).abs().max() / scale).item()
-        assert error <= 3e-9, (name, error)
-    for (name, b_ref), b in zip(reference.named_buffers(), saving.buffers()):
-        assert torch.equal(b_ref, b), name
+    assert_matches_plain(
+        reference,
+        saving,
+        results[0][0],
+        results[1][0],
+        results[0][1],
+        results[1][1],
+        tol=3e-9,
+    )
 
 
 def test_momentum_stage_function_is_used_in_training_only():
@@ -191,7 +180,7 @@ def test_state_dict_keys_equal_mmseg(depth, ours, theirs):
 def test_pretrained_checkpoint_loads_every_tensor(tmp_path):
     reference = ResNetV1c(depth=50)
     reference.init_weights()
-    _randomize_norms(reference, seed=3)
+    randomize_norms(reference, seed=3)
     path = tmp_path / 'resnet50_v1c.pth'
     torch.save({'state_dict': reference.state_dict()}, path)
     with pytest.warns(UserWarning, match='pretrained is a deprecated'):
@@ -221,7 +210,7 @@ def test_gamma_zero_block_residual_equals_resnet(layout):
     torch.manual_seed(0)
     reference = ResNetV1c(depth=50, **layout)
     reference.init_weights()
-    _randomize_norms(reference)
+    randomize_norms(reference)
     model = MRevNetV1c(
         depth=50, gamma=0.0, memory_saving=False, residual_fn='block', **layout
     )
