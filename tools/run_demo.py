@@ -13,8 +13,8 @@ import os.path as osp
 import shutil
 import sys
 
-# The demo code (tools/demo/) is no installed package: import it from the
-# folder above this script (the checkout, or mmrevnet/.mim of an install).
+# The demo code (tools/demo/) is not installed: import it from the checkout
+# this script belongs to.
 _REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)

@@ -1,9 +1,7 @@
 """The CPU demo (the README's main job): data, training, mIoU, overlays.
 
-Run by ``tools/run_demo.py`` (``bash tools/demo.sh``, or ``mim run
-mmrevnet run_demo`` from an install). It lives beside its command, not in
-the library: it reads the demo configs next to ``tools/`` (the checkout's,
-or those of the package's ``.mim`` folder).
+Run by ``tools/run_demo.py`` (``bash tools/demo.sh``). It lives beside its
+command, not in the library: it reads the demo configs of this checkout.
 """
 
 import glob
@@ -14,7 +12,7 @@ from typing import Dict, Optional
 
 from mmengine.config import Config
 
-#: The folder holding tools/ and configs/: the checkout, or mmrevnet/.mim.
+#: The repository root: the demo configs are read from this checkout.
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = (
     'configs/demo/'
