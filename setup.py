@@ -16,16 +16,52 @@ HOOK_PTH = 'mmrevnet-import-hook.pth'
 HOOK_LINE = f'import {HOOK_MODULE}; {HOOK_MODULE}.install()\n'
 
 
+#: Folders of the checkout that ship in ``mmrevnet/.mim`` (where OpenMMLab's
+#: ``mim`` and mmengine look): the configs, the command-line tools and the
+#: study modules the analysis tools import. Inside ``.mim`` they keep their
+#: places relative to each other, so a tool finds its helpers and configs
+#: the same way from the checkout and from an installed package.
+MIM_FOLDERS = ('configs', 'tools', 'benchmarks')
+#: Scripts that act on the checkout itself (its .venv, tests, committed
+#: results and their provenance): not shipped.
+CHECKOUT_ONLY = (
+    'tools/setup_env.sh',
+    'tools/run_tests.sh',
+    'tools/demo.sh',
+    'tools/analysis_tools/benchmark_gpu.sh',
+    'tools/analysis_tools/provenance.py',
+    'benchmarks/provenance.py',
+)
+
+
+def _ignored_in(folder):
+    """A ``shutil.copytree`` ignore function for ``folder`` of the checkout."""
+
+    def ignore(directory, names):
+        relative = osp.relpath(directory, HERE)
+        ignored = set(
+            shutil.ignore_patterns('__pycache__', '*.pyc')(directory, names)
+        )
+        ignored.update(
+            name
+            for name in names
+            if osp.join(relative, name).replace(os.sep, '/') in CHECKOUT_ONLY
+        )
+        return ignored
+
+    return ignore
+
+
 class BuildPyWithHook(build_py):
-    """build_py that also ships the .pth hook and the configs.
+    """build_py that also ships the .pth hook, the configs and the tools.
 
     A wheel holds what ``build_lib`` holds, so the .pth lands in
-    site-packages and the configs in ``mmrevnet/.mim/configs`` (where
-    mmengine resolves ``mmrevnet::``). An editable install (PEP 660)
-    discards ``build_lib`` and packs the ``install`` command's
-    ``install_lib`` (its unpacked wheel) instead, so the .pth goes there;
-    the configs stay in the checkout, reached through the committed
-    ``mmrevnet/.mim/configs`` link.
+    site-packages and :data:`MIM_FOLDERS` in ``mmrevnet/.mim`` (where
+    mmengine resolves ``mmrevnet::`` and ``mim train/test/run mmrevnet``
+    find the configs and tools). An editable install (PEP 660) discards
+    ``build_lib`` and packs the ``install`` command's ``install_lib`` (its
+    unpacked wheel) instead, so the .pth goes there; the folders stay in
+    the checkout, reached through the committed links in ``mmrevnet/.mim``.
     """
 
     def run(self):
@@ -39,15 +75,16 @@ class BuildPyWithHook(build_py):
             self.copy_file(
                 osp.join(HERE, 'mmrevnet', '.mim', 'model-index.yml'), mim
             )
-            configs = osp.join(mim, 'configs')
-            if osp.islink(configs):
-                os.remove(configs)
-            shutil.rmtree(configs, ignore_errors=True)
-            shutil.copytree(
-                osp.join(HERE, 'configs'),
-                configs,
-                ignore=shutil.ignore_patterns('__pycache__', '*.pyc'),
-            )
+            for folder in MIM_FOLDERS:
+                target = osp.join(mim, folder)
+                if osp.islink(target):
+                    os.remove(target)
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(
+                    osp.join(HERE, folder),
+                    target,
+                    ignore=_ignored_in(folder),
+                )
         self.mkpath(pth_dir)
         with open(osp.join(pth_dir, HOOK_PTH), 'w', encoding='utf-8') as f:
             f.write(HOOK_LINE)
@@ -81,8 +118,9 @@ setup(
     long_description=long_description,
     long_description_content_type='text/markdown',
     keywords='reversible networks, momentum, segmentation, openmmlab',
-    # Only the library: the studies (benchmarks/), tools, tests and their
-    # sub-packages stay in the repository.
+    # Only the library is importable: the tools and the studies
+    # (benchmarks/) ship as files in mmrevnet/.mim (BuildPyWithHook); the
+    # tests stay in the repository.
     packages=find_packages(include=('mmrevnet', 'mmrevnet.*')),
     # The start-up import hook (see mmrevnet/compat.py), beside its .pth.
     py_modules=[HOOK_MODULE],

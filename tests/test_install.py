@@ -8,6 +8,7 @@ start-up); the slow test builds the real wheel into a scratch venv.
 
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import textwrap
@@ -272,9 +273,29 @@ def _build_wheel_venv(tmp_path):
     return str(python), site_packages
 
 
+@pytest.fixture(scope='module')
+def wheel_venv(tmp_path_factory):
+    """(python, site-packages) of one scratch venv for all wheel checks."""
+    return _build_wheel_venv(tmp_path_factory.mktemp('wheel'))
+
+
+def _outside(python, args, cwd, timeout=600, **env):
+    """``python *args`` in ``cwd``, the checkout on no path."""
+    environment = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    environment.update(env)
+    return subprocess.run(
+        [python, *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.mark.slow
-def test_wheel_install_outside_the_checkout(tmp_path, user_dir):
-    python, site_packages = _build_wheel_venv(tmp_path)
+def test_wheel_install_outside_the_checkout(wheel_venv, user_dir):
+    python, site_packages = wheel_venv
     assert osp.isfile(osp.join(site_packages, 'mmrevnet-import-hook.pth'))
     assert osp.isfile(
         osp.join(
@@ -308,6 +329,197 @@ def test_wheel_install_outside_the_checkout(tmp_path, user_dir):
         'False',
         osp.join(site_packages, 'mmrevnet', '__init__.py'),
     ]
+
+
+#: Where ``mim`` finds the tools of an installed package.
+MIM_TOOLS = osp.join('mmrevnet', '.mim', 'tools')
+DEMO_CONFIG = (
+    'pspnet_mrevnet34-d8_1xb8-300iter_synthetic-cityscapes-128x256.py'
+)
+#: The same tools in the checkout and in the wheel, apart from these.
+CHECKOUT_ONLY = (
+    'setup_env.sh',
+    'run_tests.sh',
+    'demo.sh',
+    'analysis_tools/benchmark_gpu.sh',
+    'analysis_tools/provenance.py',
+)
+
+
+def _tiny_options(data_root):
+    """``--cfg-options`` that train the demo config for 1 iteration on the
+    generated 64x128 images, checkpoint at 1, no validation."""
+    options = {
+        'model.data_preprocessor.size': '(64,128)',
+        'train_dataloader.batch_size': 2,
+        'train_cfg.max_iters': 1,
+        'train_cfg.val_begin': 2,
+        'train_cfg.val_interval': 2,
+        'default_hooks.logger.interval': 1,
+        'default_hooks.checkpoint.interval': 1,
+    }
+    for split in ('train', 'val', 'test'):
+        options[f'{split}_dataloader.num_workers'] = 0
+        options[f'{split}_dataloader.persistent_workers'] = False
+        options[f'{split}_dataloader.dataset.data_root'] = data_root
+    return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
+
+
+def _mim(python, *args, cwd, **env):
+    """OpenMMLab's CLI (``mim``) of the scratch venv; asserts exit 0."""
+    result = _outside(python, ['-m', 'mim', *args], cwd, **env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    return output
+
+
+@pytest.fixture(scope='module')
+def mim_project(wheel_venv, tmp_path_factory):
+    """A user's folder with data from the shipped generator (``mim run``)
+    and a checkpoint from ``mim train``."""
+    python, site_packages = wheel_venv
+    folder = str(tmp_path_factory.mktemp('mim_user'))
+    tools = osp.join(site_packages, MIM_TOOLS)
+    output = _mim(
+        python,
+        'run',
+        'mmrevnet',
+        'make_synthetic_dataset',
+        'cityscapes',
+        'data',
+        '--num-train',
+        '4',
+        '--num-val',
+        '2',
+        cwd=folder,
+    )
+    script = osp.join(tools, 'dataset_converters', 'make_synthetic_dataset')
+    assert f'Use the script {script}.py' in output
+    data_root = osp.join(folder, 'data')
+    assert len(os.listdir(osp.join(data_root, 'gtFine', 'train'))) > 0
+    output = _mim(
+        python,
+        'train',
+        'mmrevnet',
+        DEMO_CONFIG,
+        '--work-dir',
+        'train',
+        *_tiny_options(data_root),
+        cwd=folder,
+    )
+    # mim found the config and the tool in the installed package.
+    config = osp.join(site_packages, 'mmrevnet', '.mim', 'configs', 'demo')
+    assert f'will use {osp.join(config, DEMO_CONFIG)} instead' in output
+    assert f'Training command is {python} {tools}/train.py' in output
+    assert 'Iter(train) [1/1]' in output
+    checkpoint = osp.join(folder, 'train', 'iter_1.pth')
+    assert osp.isfile(checkpoint)
+    return dict(folder=folder, data_root=data_root, checkpoint=checkpoint)
+
+
+@pytest.mark.slow
+def test_tools_ship_in_the_wheel(wheel_venv):
+    _, site_packages = wheel_venv
+    shipped = osp.join(site_packages, MIM_TOOLS)
+    checkout = osp.join(REPO, 'tools')
+
+    def tree(root):
+        return {
+            osp.relpath(osp.join(d, f), root)
+            for d, _, files in os.walk(root)
+            for f in files
+            if f.endswith(('.py', '.sh'))
+        }
+
+    assert tree(shipped) == tree(checkout) - set(CHECKOUT_ONLY)
+    # The study modules the analysis tools import sit beside them.
+    benchmarks = osp.join(site_packages, 'mmrevnet', '.mim', 'benchmarks')
+    assert osp.isfile(osp.join(benchmarks, 'toy_dynamics.py'))
+
+
+@pytest.mark.slow
+def test_mim_test(wheel_venv, mim_project):
+    python, site_packages = wheel_venv
+    output = _mim(
+        python,
+        'test',
+        'mmrevnet',
+        DEMO_CONFIG,
+        '--checkpoint',
+        mim_project['checkpoint'],
+        '--work-dir',
+        'test',
+        *_tiny_options(mim_project['data_root']),
+        cwd=mim_project['folder'],
+    )
+    tools = osp.join(site_packages, MIM_TOOLS)
+    assert f'Testing command is {python} {tools}/test.py' in output
+    assert re.search(r'Iter\(test\) .* mIoU: [0-9.]+', output), output[-3000:]
+
+
+@pytest.mark.slow
+def test_mim_train_two_cpu_processes(wheel_venv, mim_project):
+    """``mim train --launcher pytorch --gpus 2`` starts the shipped
+    train.py under torch.distributed.launch; on CPUs: gloo."""
+    python, _ = wheel_venv
+    output = _mim(
+        python,
+        'train',
+        'mmrevnet',
+        DEMO_CONFIG,
+        '--launcher',
+        'pytorch',
+        '--gpus',
+        '2',
+        '--work-dir',
+        'dist',
+        *_tiny_options(mim_project['data_root']),
+        cwd=mim_project['folder'],
+        CUDA_VISIBLE_DEVICES='',
+    )
+    assert 'Distributed training: True' in output
+    assert 'GPU number: 2' in output
+    assert "type='MRevNetCPUDistributedDataParallel'" in output
+    assert 'Iter(train) [1/1]' in output
+
+
+@pytest.mark.slow
+def test_mim_run_demo_and_an_analysis_tool(wheel_venv, mim_project):
+    """The demo (its code in tools/demo/) and an analysis tool importing
+    the study modules (benchmarks/), both from the package's .mim."""
+    python, _ = wheel_venv
+    folder = mim_project['folder']
+    output = _mim(
+        python,
+        'run',
+        'mmrevnet',
+        'run_demo',
+        '--max-iters',
+        '1',
+        '--work-dir',
+        'demo',
+        '--data-root',
+        'demo_data',
+        cwd=folder,
+    )
+    assert '==== mmrevnet demo ====' in output
+    assert osp.isfile(osp.join(folder, 'demo', 'training_curve.png'))
+    output = _mim(
+        python,
+        'run',
+        'mmrevnet',
+        'toy_dynamics',
+        '--quick',
+        '--experiments',
+        '1d',
+        '--workers',
+        '1',
+        '--no-plots',
+        '--out-dir',
+        'toy',
+        cwd=folder,
+    )
+    assert osp.isfile(osp.join(folder, 'toy', 'results.md')), output[-3000:]
 
 
 _SHADOWED = """

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 
-from .distributed import init_cpu_process_group
+from .distributed import cpu_model_wrapper_cfg, init_cpu_process_group
 
 
 def _config_stem(config: str) -> str:
@@ -106,19 +106,10 @@ def _prepare_launcher(cfg: Config, launcher: str) -> None:
             logger='current',
             level=logging.WARNING,
         )
-    wrapper = cfg.get('model_wrapper_cfg')
-    if wrapper is None:
-        cfg.model_wrapper_cfg = dict(
-            type='MRevNetCPUDistributedDataParallel',
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False),
-        )
-    elif wrapper.get('type', 'MMDistributedDataParallel') == (
-        'MMDistributedDataParallel'
-    ):
-        # mmengine's default wrapper gets device_ids, which DDP rejects for
-        # a CPU module (e.g. model_wrapper_cfg.static_graph=True alone).
-        wrapper['type'] = 'MRevNetCPUDistributedDataParallel'
+    cfg.model_wrapper_cfg = cpu_model_wrapper_cfg(
+        cfg.get('model_wrapper_cfg'),
+        cfg.get('find_unused_parameters', False),
+    )
 
 
 def _add_output(cfg: Config, out: str) -> None:

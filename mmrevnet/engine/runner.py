@@ -1,22 +1,86 @@
-"""An mmengine ``Runner`` that loads its checkpoints with safe globals."""
+"""An mmengine ``Runner`` that loads its checkpoints with safe globals and
+runs several processes on CPUs."""
 
+import logging
+import sys
+
+import torch
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper, revert_sync_batchnorm
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from .checkpoint import runner_checkpoint_globals
+from .distributed import cpu_model_wrapper_cfg, init_cpu_launcher_env
+
+
+def _has_sync_bn(model: torch.nn.Module) -> bool:
+    return any(
+        'SyncBatchNorm' in type(module).__name__ for module in model.modules()
+    )
 
 
 @RUNNERS.register_module()
 class MRevNetRunner(Runner):
-    """mmengine's ``Runner``, loading checkpoints with ``weights_only=True``.
+    """mmengine's ``Runner``, loading checkpoints with ``weights_only=True``
+    and training on several CPU processes.
 
     ``resume``, ``load_from`` and ``init_cfg=dict(type='Pretrained')`` read
     Runner checkpoints (their ``message_hub`` holds HistoryBuffer and numpy
     objects) through :func:`~.checkpoint.runner_checkpoint_globals`, which
     allows checked stand-ins for exactly those objects while the file is
-    read and nothing else, at no other time. Select it in a config with
-    ``runner_type = 'MRevNetRunner'``; everything else is mmengine's.
+    read and nothing else, at no other time.
+
+    Without CUDA and with a launcher (``torchrun ... --launcher pytorch``,
+    as mmseg's and mmpretrain's ``tools/train.py`` start it), the gloo
+    process group is created before mmengine's ``init_dist`` would call
+    ``torch.cuda.set_device``, SyncBN layers become BN (each process
+    normalises with its own batch statistics) and the model is wrapped in
+    :class:`~.distributed.MRevNetCPUDistributedDataParallel`. A launcher
+    that cannot run on CPUs fails before anything is built, with one line
+    naming the command that works.
+
+    Select it in a config with ``runner_type = 'MRevNetRunner'`` (the
+    shipped configs do); builders that honour ``runner_type`` (``RUNNERS.
+    build(cfg)``, mmseg's and mmpretrain's ``tools/train.py``) then use it.
+    ``Runner.from_cfg(cfg)`` called on mmengine's class builds mmengine's
+    Runner whatever the config says. Everything else is mmengine's.
     """
+
+    def setup_env(self, env_cfg: dict) -> None:
+        if self.distributed:
+            init_cpu_launcher_env(
+                self.launcher,
+                (env_cfg or {}).get('dist_cfg'),
+                script=sys.argv[0] if sys.argv and sys.argv[0] else '',
+            )
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if (
+            not self.distributed
+            or torch.cuda.is_available()
+            or is_model_wrapper(model)
+        ):
+            return super().wrap_model(model_wrapper_cfg, model)
+        if self.cfg.get('sync_bn') is not None:
+            raise ValueError(
+                f'sync_bn={self.cfg.sync_bn!r} needs CUDA: SyncBatchNorm '
+                f'does not run on CPUs (remove sync_bn from the config)'
+            )
+        if _has_sync_bn(model):
+            print_log(
+                'SyncBN is unavailable without CUDA: every SyncBN of the '
+                'model is BN in this multi-process CPU run (each process '
+                'normalises with its own batch statistics)',
+                logger='current',
+                level=logging.WARNING,
+            )
+            model = revert_sync_batchnorm(model)
+        model_wrapper_cfg = cpu_model_wrapper_cfg(
+            model_wrapper_cfg, self.cfg.get('find_unused_parameters', False)
+        )
+        return super().wrap_model(model_wrapper_cfg, model)
 
     def load_checkpoint(self, filename, *args, **kwargs):
         with runner_checkpoint_globals(filename):

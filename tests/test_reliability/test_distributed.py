@@ -2,7 +2,12 @@
 
 ``tools/dist_train.sh CONFIG 2`` runs the demo config under torchrun;
 ``mmrevnet.engine`` creates the gloo group and wraps the model in
-``MRevNetCPUDistributedDataParallel`` when CUDA is absent. Two processes with
+``MRevNetCPUDistributedDataParallel`` when CUDA is absent. One case starts
+it as mmseg's and mmpretrain's own ``tools/train.py`` are started
+(``python -m torch.distributed.run ... train.py CONFIG --launcher
+pytorch``, ``openmmlab_train.py`` making their calls) with
+``runner_type='MRevNetRunner'`` and a SyncBN backbone: there
+``MRevNetRunner`` does the same on its own. Two processes with
 batch ``b`` must give the weights of one process with batch ``2b`` after
 each step. That holds exactly (up to float summation order) only when
 nothing depends on how the batch is split:
@@ -181,19 +186,41 @@ def reference(tmp_path_factory, reliability_data, configs):
     return train
 
 
-def dist_train(config: str, work_dir: str, options: dict):
-    """``bash tools/dist_train.sh config 2 ...``; returns its output."""
+#: mmseg's / mmpretrain's launch path: their train.py's calls, under
+#: torchrun (see openmmlab_train.py).
+OPENMMLAB_TRAIN = osp.join(osp.dirname(__file__), 'openmmlab_train.py')
+
+
+def dist_train(config: str, work_dir: str, options: dict, launch='project'):
+    """Two processes: ``bash tools/dist_train.sh config 2 ...`` (project)
+    or ``python -m torch.distributed.run --nproc_per_node=2
+    openmmlab_train.py config --launcher pytorch ...`` (openmmlab);
+    returns the output."""
+    port = str(free_port())
     env = dict(
-        os.environ,
-        PYTHON=sys.executable,
-        PORT=str(free_port()),
-        CUDA_VISIBLE_DEVICES='',
+        os.environ, PYTHON=sys.executable, PORT=port, CUDA_VISIBLE_DEVICES=''
     )
+    if launch == 'project':
+        start = [
+            'bash',
+            osp.join(REPO, 'tools', 'dist_train.sh'),
+            config,
+            str(WORLD_SIZE),
+        ]
+    else:
+        start = [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            f'--nproc_per_node={WORLD_SIZE}',
+            f'--master_port={port}',
+            OPENMMLAB_TRAIN,
+            config,
+            '--launcher',
+            'pytorch',
+        ]
     command = [
-        'bash',
-        osp.join(REPO, 'tools', 'dist_train.sh'),
-        config,
-        str(WORLD_SIZE),
+        *start,
         '--work-dir',
         work_dir,
         '--cfg-options',
@@ -237,17 +264,32 @@ def compare(reference: dict, other: dict) -> float:
     return worst
 
 
-#: Cases: backbone and DDP options. ``find_unused_parameters`` (mmengine's
-#: default False, and True) is a config key; ``static_graph`` goes through
-#: ``model_wrapper_cfg``.
+#: Cases: backbone, DDP options and launch. ``find_unused_parameters``
+#: (mmengine's default False, and True) is a config key; ``static_graph``
+#: goes through ``model_wrapper_cfg``. The openmmlab launch leaves
+#: everything to the runner the config names; its backbone SyncBN becomes
+#: BN there (in eval mode here, so it matches the BN reference exactly).
 CASES = {
-    'mrevnet': ('mrevnet', {}),
-    'mrevnet-find_unused': ('mrevnet', {'find_unused_parameters': True}),
+    'mrevnet': ('mrevnet', {}, 'project'),
+    'mrevnet-find_unused': (
+        'mrevnet',
+        {'find_unused_parameters': True},
+        'project',
+    ),
     'mrevnet-static_graph': (
         'mrevnet',
         {'model_wrapper_cfg.static_graph': True},
+        'project',
     ),
-    'resnet': ('resnet', {}),
+    'mrevnet-openmmlab_launch': (
+        'mrevnet',
+        {
+            'runner_type': 'MRevNetRunner',
+            'model.backbone.norm_cfg.type': 'SyncBN',
+        },
+        'openmmlab',
+    ),
+    'resnet': ('resnet', {}, 'project'),
 }
 
 
@@ -256,26 +298,38 @@ CASES = {
 def test_two_processes_match_one(
     tmp_path, reliability_data, configs, reference, case
 ):
-    backbone, ddp_options = CASES[case]
+    backbone, ddp_options, launch = CASES[case]
     ref = reference(backbone)
     work_dir = str(tmp_path / 'dist')
     options = exact_options(reliability_data, BATCH)
     options.update(ddp_options)
     config = configs[backbone]
-    output = dist_train(config, work_dir, options)
+    output = dist_train(config, work_dir, options, launch)
 
-    # The options reached the CPU DDP wrapper. With find_unused_parameters
-    # DDP found no unused parameter: the parameters of the custom autograd
-    # Function are explicit inputs of its graph node.
     dumped = Config.fromfile(osp.join(work_dir, osp.basename(config)))
-    wrapper = dumped.model_wrapper_cfg
-    find_unused = ddp_options.get('find_unused_parameters', False)
-    static_graph = ddp_options.get('model_wrapper_cfg.static_graph', False)
-    assert wrapper.type == 'MRevNetCPUDistributedDataParallel'
-    assert wrapper.get('find_unused_parameters', False) is find_unused
-    assert wrapper.get('static_graph', False) is static_graph
-    assert dumped.env_cfg.dist_cfg.backend == 'gloo'
     assert dumped.model.backbone.type == BACKBONES[backbone]
+    find_unused = ddp_options.get('find_unused_parameters', False)
+    if launch == 'project':
+        # The options reached the CPU DDP wrapper.
+        wrapper = dumped.model_wrapper_cfg
+        static_graph = ddp_options.get('model_wrapper_cfg.static_graph', False)
+        assert wrapper.type == 'MRevNetCPUDistributedDataParallel'
+        assert wrapper.get('find_unused_parameters', False) is find_unused
+        assert wrapper.get('static_graph', False) is static_graph
+        assert dumped.env_cfg.dist_cfg.backend == 'gloo'
+    else:
+        # The config is the user's (nccl, SyncBN, no wrapper): the runner
+        # chose gloo, BN and the CPU wrapper itself.
+        assert 'model_wrapper_cfg' not in dumped
+        assert dumped.model.backbone.norm_cfg.type == 'SyncBN'
+        started = (
+            'runner: MRevNetRunner, model: MRevNetCPUDistributedDataParallel'
+        )
+        assert output.count(started) == WORLD_SIZE, output[-6000:]
+        assert 'SyncBN is unavailable without CUDA' in output
+    # With find_unused_parameters DDP found no unused parameter: the
+    # parameters of the custom autograd Function are explicit inputs of its
+    # graph node.
     unused_warning = 'did not find any unused parameters'
     assert (unused_warning in output) is find_unused, output[-6000:]
 
