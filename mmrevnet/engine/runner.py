@@ -1,9 +1,24 @@
 """An mmengine ``Runner`` that loads its checkpoints with safe globals."""
 
+import contextlib
+
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from .checkpoint import runner_checkpoint_globals
+from .checkpoint import check_checkpoint_objects, runner_checkpoint_globals
+
+
+def _loads_pretrained(model) -> bool:
+    """Whether initialising ``model`` reads a ``Pretrained`` checkpoint."""
+    for module in model.modules():
+        cfgs = getattr(module, 'init_cfg', None)
+        cfgs = cfgs if isinstance(cfgs, (list, tuple)) else [cfgs]
+        if any(
+            isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'
+            for cfg in cfgs
+        ):
+            return True
+    return False
 
 
 @RUNNERS.register_module()
@@ -14,14 +29,23 @@ class MRevNetRunner(Runner):
     Runner checkpoints (their ``message_hub`` holds HistoryBuffer and numpy
     objects) through :func:`~.checkpoint.runner_checkpoint_globals`, which
     allows checked stand-ins for exactly those objects while the file is
-    read and nothing else, at no other time. Select it in a config with
-    ``runner_type = 'MRevNetRunner'``; everything else is mmengine's.
+    read and nothing else, at no other time; what ``resume`` goes on to
+    read is checked by :func:`~.checkpoint.check_checkpoint_objects`.
+    Select it in a config with ``runner_type = 'MRevNetRunner'``;
+    everything else is mmengine's.
     """
 
     def load_checkpoint(self, filename, *args, **kwargs):
         with runner_checkpoint_globals(filename):
-            return super().load_checkpoint(filename, *args, **kwargs)
+            checkpoint = super().load_checkpoint(filename, *args, **kwargs)
+        check_checkpoint_objects(checkpoint, filename)
+        return checkpoint
 
     def _init_model_weights(self) -> None:
-        with runner_checkpoint_globals():
+        scope = (
+            runner_checkpoint_globals()
+            if _loads_pretrained(self.model)
+            else contextlib.nullcontext()
+        )
+        with scope:
             super()._init_model_weights()
