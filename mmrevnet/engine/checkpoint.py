@@ -485,7 +485,17 @@ def _children(obj):
     return None
 
 
+def _path(path: str) -> str:
+    """A key path with runs of the same index abbreviated: ``[0]*60``."""
+
+    def run(match):
+        return f'{match.group(2)}*{len(match.group(1)) // len(match.group(2))}'
+
+    return re.sub(r'((\[[^\]]*\])\2{3,})', run, path)
+
+
 def _too_many(path: str, at: str, limit: int):
+    path, at = _path(path), _path(at)
     _refuse(
         f'{path} holds more than max_elements={limit} entries counted with '
         f'repetition (shared references at {at}; set {MAX_ELEMENTS_ENV} for '
@@ -512,21 +522,24 @@ def _check_object_graph(root, limit: int) -> None:
         frame = stack[-1]
         for label, child in frame[1]:
             path = frame[3] + label
-            if type(child) in (_LoadedHistoryBuffer, _DtypeSpec):
+            if type(child) is _LoadedHistoryBuffer:
                 _refuse(
-                    f'{path} is a {type(child).__name__} whose state was '
-                    'never set (BUILD missing)'
+                    f'{_path(path)} is a HistoryBuffer whose state was never '
+                    'set (BUILD missing)'
                 )
+            if type(child) is _DtypeSpec:
+                _refuse(f'{_path(path)} is a numpy dtype outside an array')
             grandchildren = _children(child)
             if grandchildren is None:
                 frame[2] += 1
             elif id(child) in done:
                 frame[2] += done[id(child)]
             elif id(child) in active:
-                _refuse(f'{path} is a reference cycle')
+                _refuse(f'{_path(path)} is a reference cycle')
             elif len(stack) >= MAX_NESTING:
                 _refuse(
-                    f'{path} nests containers deeper than {MAX_NESTING} levels'
+                    f'{_path(path)} nests containers deeper than '
+                    f'{MAX_NESTING} levels'
                 )
             else:
                 active.add(id(child))
