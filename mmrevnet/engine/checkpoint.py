@@ -788,3 +788,109 @@ def load_runner_checkpoint(
         )
     check_checkpoint_objects(checkpoint, filename, max_elements)
     return checkpoint
+
+
+# ---------------------------------------------------------------------------
+# Resuming after a crash.
+# ---------------------------------------------------------------------------
+
+_NUMBERED_CHECKPOINT = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
+
+
+def checkpoint_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a complete ``torch.save`` file, or None.
+
+    A zip archive's directory is written last, so a save that was killed
+    leaves a file without one. Checks the file's end, not its tensors.
+
+    Args:
+        path (str): A local file.
+
+    Returns:
+        str | None: The reason, or None for a complete archive (or a
+        legacy pickle file, which cannot be checked this way).
+    """
+    import zipfile
+
+    if not os.path.isfile(path):
+        return 'it does not exist'
+    size = os.path.getsize(path)
+    if size == 0:
+        return 'it is empty'
+    with open(path, 'rb') as f:
+        legacy = f.read(1) == b'\x80'
+    if legacy or zipfile.is_zipfile(path):
+        return None
+    return (
+        f'it is truncated ({size} bytes, no zip directory at its end; was '
+        'the process killed while saving it?)'
+    )
+
+
+def find_resumable_checkpoint(work_dir: str, report=print) -> Optional[str]:
+    """The checkpoint to resume from: the latest one that is complete.
+
+    mmengine writes ``iter_N.pth`` and then names it in ``last_checkpoint``.
+    A process killed while saving leaves a truncated file, or an empty
+    ``last_checkpoint``. This returns what ``last_checkpoint`` names when
+    that file is complete; otherwise it says which file is unusable and why
+    and falls back to the complete ``iter_N.pth`` / ``epoch_N.pth`` of the
+    work dir with the largest N. Truncated files newer than the choice are
+    named too (they are overwritten when training gets there again).
+
+    Args:
+        work_dir (str): The Runner's work dir.
+        report (callable): Takes each message. Defaults to ``print``.
+
+    Returns:
+        str | None: The checkpoint, or None when the work dir holds no
+        complete one (training starts from scratch).
+    """
+    numbered = []
+    if os.path.isdir(work_dir):
+        for name in os.listdir(work_dir):
+            match = _NUMBERED_CHECKPOINT.match(name)
+            if match:
+                numbered.append((int(match.group(1)), name))
+    numbered.sort(reverse=True)
+    problems = {
+        name: checkpoint_file_problem(os.path.join(work_dir, name))
+        for _, name in numbered
+    }
+    chosen = None
+    pointer = os.path.join(work_dir, 'last_checkpoint')
+    if os.path.exists(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+        if not named:
+            report(
+                f'{pointer} is empty (the process was killed while writing '
+                'it?)'
+            )
+        else:
+            problem = checkpoint_file_problem(named)
+            if problem is None:
+                chosen = named
+            else:
+                report(f'{pointer} names {named}, but {problem}')
+    if chosen is None:
+        for _, name in numbered:
+            if problems[name] is None:
+                chosen = os.path.join(work_dir, name)
+                if os.path.exists(pointer):
+                    report(f'resuming from {chosen} instead')
+                break
+    chosen_name = os.path.basename(chosen) if chosen else None
+    for _, name in numbered:
+        if name == chosen_name:
+            break
+        if problems[name] is not None:
+            report(
+                f'{os.path.join(work_dir, name)} is not used: {problems[name]}'
+            )
+    if chosen is None and numbered:
+        report(
+            f'no complete checkpoint in {work_dir}; training starts from '
+            'scratch'
+        )
+    return chosen

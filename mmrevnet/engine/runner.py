@@ -5,7 +5,11 @@ import contextlib
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from .checkpoint import check_checkpoint_objects, runner_checkpoint_globals
+from .checkpoint import (
+    check_checkpoint_objects,
+    find_resumable_checkpoint,
+    runner_checkpoint_globals,
+)
 
 
 def _loads_pretrained(model) -> bool:
@@ -31,9 +35,26 @@ class MRevNetRunner(Runner):
     allows checked stand-ins for exactly those objects while the file is
     read and nothing else, at no other time; what ``resume`` goes on to
     read is checked by :func:`~.checkpoint.check_checkpoint_objects`.
+    Resuming the latest checkpoint of the work dir (``resume=True``
+    without ``load_from``) skips a file that a killed process left
+    truncated, saying so (:func:`~.checkpoint.find_resumable_checkpoint`).
     Select it in a config with ``runner_type = 'MRevNetRunner'``;
     everything else is mmengine's.
     """
+
+    def load_or_resume(self) -> None:
+        if self._resume and self._load_from is None and not self._has_loaded:
+            self._load_from = find_resumable_checkpoint(
+                self.work_dir,
+                report=lambda message: self.logger.warning(message),
+            )
+            if self._load_from is None:
+                # Nothing complete to resume: mmengine would try its own
+                # pick (an empty or truncated file) again.
+                self._resume = False
+            else:
+                self.logger.info(f'Resuming from {self._load_from}')
+        super().load_or_resume()
 
     def load_checkpoint(self, filename, *args, **kwargs):
         with runner_checkpoint_globals(filename):
