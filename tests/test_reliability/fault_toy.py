@@ -1,7 +1,7 @@
 """A model and data set small enough to kill and resume many times.
 
 Registered in mmengine's root registries (``default_scope=None``) for the
-kill-loop test's config (``kill_loop_config.py``). A 16 MB buffer that the
+kill-loop test's config (``kill_loop_config.py``). A 4 MB buffer that the
 forward does not use makes a checkpoint take a while to write, so that a
 kill lands inside a save without making iterations slower.
 """
@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 WIDTH = 256
 #: Elements of the unused buffer (float32).
-BALLAST = 1 << 22
+BALLAST = 1 << 20
 
 
 @MODELS.register_module(force=True)

@@ -1,6 +1,6 @@
 """The training tool killed at 20 random moments resumes every time.
 
-``kill_loop.py`` runs ``tools/train.py`` (a small model with a 16 MB
+``kill_loop.py`` runs ``tools/train.py`` (a small model with a 4 MB
 checkpoint saved every iteration, generated data, ``--resume``) and kills
 it with SIGKILL 20 times: while it starts and resumes, at a random moment
 of training, or while ``torch.save`` writes a checkpoint. Each next run
@@ -29,7 +29,10 @@ def _iteration(name):
     return int(re.match(r'iter_(\d+)\.pth', name).group(1))
 
 
-def _newest_complete(files):
+def _expected_resume(files, last_checkpoint):
+    """What last_checkpoint names if complete, else the newest complete."""
+    if last_checkpoint in files and files[last_checkpoint] is None:
+        return last_checkpoint
     complete = [name for name, problem in files.items() if problem is None]
     return max(complete, key=_iteration) if complete else None
 
@@ -44,7 +47,7 @@ def test_killed_training_resumes(tmp_path):
                 kills=KILLS,
                 delay=1.0,
                 startup_delay=1.5,
-                final_iterations=3,
+                final_iterations=2,
             )
         )
     )
@@ -62,16 +65,17 @@ def test_killed_training_resumes(tmp_path):
     rounds, final = outcome['rounds'], outcome['final']
     assert len(rounds) == KILLS
     truncated = 0
-    before = {}
+    before, pointer = {}, None
     for index, run in enumerate(rounds + [final]):
         where = f'run {index}: {run}'
         if run is not final:
             assert run['killed'], where  # it did not stop by itself
             truncated += any(run['files'].values())
         if run['resumed'] is not None or run is final:
-            # Resumed from the newest complete file, every truncated newer
-            # one named.
-            assert run['resumed'] == _newest_complete(before), where
+            # Resumed from the file last_checkpoint names or, where that is
+            # unusable, the newest complete one; every truncated newer one
+            # named.
+            assert run['resumed'] == _expected_resume(before, pointer), where
             for name, problem in before.items():
                 if problem and _iteration(name) > _iteration(run['resumed']):
                     assert any(
@@ -79,7 +83,7 @@ def test_killed_training_resumes(tmp_path):
                         for note in run['notes']
                     ), where
         if run is not final:
-            before = run['files']
+            before, pointer = run['files'], run['last_checkpoint']
     assert truncated >= 1, 'no kill landed inside a save'
     assert final['exit_status'] == 0, final['tail']
     assert final['reference_exit_status'] == 0
