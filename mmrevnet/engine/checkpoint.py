@@ -755,7 +755,9 @@ def runner_checkpoint_globals(
                 raise untrusted_error(error, source) from None
             except Exception as error:
                 called = _raised_while_unpickling(error)
-                if called is None:
+                # A damaged archive (a storage record missing or cut short)
+                # is torch's own error about the file, not a refusal.
+                if called in (None, 'persistent_load'):
                     raise
                 reason = pickle.UnpicklingError(
                     f'{called} raised {type(error).__name__}: {error}'
@@ -816,7 +818,10 @@ def checkpoint_file_problem(path: str) -> Optional[str]:
         return 'it does not exist'
     size = os.path.getsize(path)
     if size == 0:
-        return 'it is empty'
+        return (
+            'it is truncated (0 bytes; was the process killed while saving '
+            'it?)'
+        )
     with open(path, 'rb') as f:
         legacy = f.read(1) == b'\x80'
     if legacy or zipfile.is_zipfile(path):

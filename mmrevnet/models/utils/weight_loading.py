@@ -229,7 +229,8 @@ def pretrained_fit_check(module, strict: bool = True):
     excepted), tensors of another shape, and unexpected keys inside the
     backbone's own modules (a deeper network's extra blocks) raise
     :class:`CheckpointMismatchError` with the lists. Keys outside them
-    (a classifier's ``fc``, ``head``) are left to mmengine's log.
+    (a classifier's ``fc``, ``head``) are left to mmengine's log. With
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` set, refuses to load at all.
 
     Args:
         module (MRevNet): The backbone.
@@ -237,11 +238,18 @@ def pretrained_fit_check(module, strict: bool = True):
             logged). Defaults to True.
     """
     cfg = _pretrained_checkpoint(module.init_cfg)
-    if not strict or cfg is None:
+    if cfg is None:
         yield
         return
-    # strict_loading imports the backbones: import it when loading.
+    # The engine imports the backbones: import it when loading.
+    from mmrevnet.engine.checkpoint import check_full_pickle_not_forced
     from mmrevnet.engine.strict_loading import compare_state_dict
+
+    # torch would load the file with the full pickle.
+    check_full_pickle_not_forced()
+    if not strict:
+        yield
+        return
 
     own = {name for name, _ in module.named_children()}
 

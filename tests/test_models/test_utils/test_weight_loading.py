@@ -101,3 +101,12 @@ def test_strict_must_be_a_bool():
     assert strict is True and cfgs[1] == dict(
         type='Pretrained', checkpoint='a'
     )
+
+
+def test_forced_full_pickle_is_refused(tmp_path, weights, monkeypatch):
+    from mmrevnet.engine import UntrustedCheckpointError
+
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    model = _backbone(_save(tmp_path, 'fit', weights), strict=False)
+    with pytest.raises(UntrustedCheckpointError, match='FORCE_NO_WEIGHTS'):
+        model.init_weights()
