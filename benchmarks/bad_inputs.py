@@ -6,6 +6,7 @@ case is a test) and ``tools/analysis_tools/bad_input_table.py`` (writes
 code raises.
 """
 
+import os
 from typing import Callable, List, NamedTuple, Optional, Tuple, Type
 
 import torch
@@ -206,6 +207,92 @@ CASES: List[BadInput] = [
         'double backward',
     ),
 ]
+
+
+# ---------------------------------------------------------------------------
+# Hostile checkpoint files (the catalogue of tests/test_engine), each loaded
+# through the project's loader. Each is also loaded in a child process with
+# an address-space cap, its peak RSS and time measured
+# (tests/test_engine/test_checkpoint.py::test_hostile_files_are_cheap).
+# ---------------------------------------------------------------------------
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Crafted file -> how the table describes it.
+HOSTILE_FILES = {
+    'history_buffer_reduce_amplified': 'REDUCE of HistoryBuffer on 40 '
+    'shared tuples (2**40 leaves, 1 KB file)',
+    'history_buffer_reduce_object': 'REDUCE of HistoryBuffer on a list of '
+    'str (object-dtype array)',
+    'history_buffer_reduce_junk_length': 'REDUCE of HistoryBuffer([1.0], '
+    "[1], 'junk')",
+    'history_buffer_newobj_args': 'NEWOBJ of HistoryBuffer with arguments',
+    'history_buffer_never_built': 'NEWOBJ of HistoryBuffer without BUILD',
+    'array_shape_2e32x2e32': 'numpy array of shape (2**32, 2**32), 0 bytes',
+    'array_shape_2e61x8': 'numpy array of shape (2**61, 8), 0 bytes',
+    'array_shape_2e64': 'numpy array of shape (2**64,), 0 bytes',
+    'dtype_newobj_without_init': 'NEWOBJ of numpy.dtype without arguments',
+    'dtype_newobj_object': "NEWOBJ of numpy.dtype('O8')",
+    'ndarray_reduce': 'REDUCE of numpy.ndarray((2**40,))',
+    'ndarray_newobj': 'NEWOBJ of numpy.ndarray((2**40,))',
+    'scalar_without_bytes': 'numpy scalar without its bytes',
+    'shared_array_copies': 'one 1 MiB array shared by 400 HistoryBuffers',
+    'shared_reference_amplification': 'optimizer state of 60 shared tuples '
+    '(2**60 entries)',
+    'reference_cycle': 'a list that holds itself',
+    'deep_nesting': 'lists nested 100000 deep',
+    'meta_config_code': "meta['config'] that runs os.system (mmengine's "
+    'resume executes it)',
+    'parameter_forged_class': '_rebuild_parameter_with_state setting '
+    '__class__',
+}
+
+
+def _crafted_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        'crafted_checkpoints',
+        os.path.join(_REPO, 'tests', 'test_engine', 'crafted_checkpoints.py'),
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_hostile(name: str):
+    """Write the crafted file in a scratch dir and load it from there.
+
+    Relative paths keep the message the same wherever it runs.
+    """
+    import contextlib
+    import tempfile
+
+    from mmrevnet.engine import load_runner_checkpoint
+
+    crafted = _crafted_module()
+    with tempfile.TemporaryDirectory() as folder:
+        with contextlib.chdir(folder):
+            crafted.craft(name, f'{name}.pth', 'payload_ran')
+            try:
+                load_runner_checkpoint(f'{name}.pth')
+            finally:
+                if os.path.exists('payload_ran'):
+                    raise AssertionError(f'{name}: the payload ran')
+
+
+def _hostile_case(name: str, what: str) -> BadInput:
+    from mmrevnet.engine import UntrustedCheckpointError
+
+    return BadInput(
+        f'checkpoint: {what}',
+        lambda: _load_hostile(name),
+        UntrustedCheckpointError,
+        'Refused to load the checkpoint',
+    )
+
+
+CASES += [_hostile_case(name, what) for name, what in HOSTILE_FILES.items()]
 
 
 def run_case(case: BadInput) -> Tuple[Optional[type], str]:

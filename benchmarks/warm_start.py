@@ -365,6 +365,7 @@ def convert_source(checkpoint: str, depth: int, dst: str) -> Dict:
         variant='v1c',
         source='mmpretrain',
         strict=True,
+        overwrite=True,
     )
     head = {k: v for k, v in source.items() if k.startswith('head.')}
     mrevnet = {f'backbone.{k}': v for k, v in result.state_dict.items()}

@@ -6,13 +6,21 @@ Example:
 
 import argparse
 import os
+import sys
 
 from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
-from mmrevnet.engine import build_test_config, init_cpu_launcher
-from mmrevnet.engine.strict_loading import run_loading_strictly
+from mmrevnet.engine import (
+    UntrustedCheckpointError,
+    build_test_config,
+    init_cpu_launcher,
+)
+from mmrevnet.engine.strict_loading import (
+    CheckpointMismatchError,
+    run_loading_strictly,
+)
 
 
 def parse_args():
@@ -66,9 +74,12 @@ def main():
     )
     init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
-    run_loading_strictly(
-        runner, 'test', strict=not args.non_strict, name=args.checkpoint
-    )
+    try:
+        run_loading_strictly(
+            runner, 'test', strict=not args.non_strict, name=args.checkpoint
+        )
+    except (CheckpointMismatchError, UntrustedCheckpointError) as error:
+        sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':

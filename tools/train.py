@@ -13,12 +13,19 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
-from mmrevnet.engine import build_train_config, init_cpu_launcher
+from mmrevnet.engine import (
+    UntrustedCheckpointError,
+    build_train_config,
+    init_cpu_launcher,
+)
 from mmrevnet.engine.data_check import (
     DataCheckError,
     check_segmentation_data,
 )
-from mmrevnet.engine.strict_loading import run_loading_strictly
+from mmrevnet.engine.strict_loading import (
+    CheckpointMismatchError,
+    run_loading_strictly,
+)
 
 
 def parse_args():
@@ -89,12 +96,15 @@ def main():
             sys.exit(f'error: {error} (--skip-data-check to train anyway)')
     init_cpu_launcher(cfg)
     runner = RUNNERS.build(cfg)
-    run_loading_strictly(
-        runner,
-        'train',
-        strict=not args.non_strict,
-        name=cfg.get('load_from') or '',
-    )
+    try:
+        run_loading_strictly(
+            runner,
+            'train',
+            strict=not args.non_strict,
+            name=cfg.get('load_from') or '',
+        )
+    except (CheckpointMismatchError, UntrustedCheckpointError) as error:
+        sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 from .amp import MRevNetBF16CPUAmpOptimWrapper
 from .checkpoint import (
     UntrustedCheckpointError,
+    check_checkpoint_objects,
     load_runner_checkpoint,
     runner_checkpoint_globals,
 )
@@ -23,6 +24,7 @@ from .runner import MRevNetRunner
 __all__ = [
     'MRevNetRunner',
     'UntrustedCheckpointError',
+    'check_checkpoint_objects',
     'load_runner_checkpoint',
     'runner_checkpoint_globals',
     'MRevNetDriftHook',

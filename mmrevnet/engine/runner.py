@@ -1,6 +1,7 @@
 """An mmengine ``Runner`` that loads its checkpoints with safe globals and
 runs several processes on CPUs."""
 
+import contextlib
 import logging
 import sys
 
@@ -10,7 +11,11 @@ from mmengine.model import is_model_wrapper, revert_sync_batchnorm
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from .checkpoint import runner_checkpoint_globals
+from .checkpoint import (
+    check_checkpoint_objects,
+    find_resumable_checkpoint,
+    runner_checkpoint_globals,
+)
 from .distributed import cpu_model_wrapper_cfg, init_cpu_launcher_env
 
 
@@ -18,6 +23,19 @@ def _has_sync_bn(model: torch.nn.Module) -> bool:
     return any(
         'SyncBatchNorm' in type(module).__name__ for module in model.modules()
     )
+
+
+def _loads_pretrained(model) -> bool:
+    """Whether initialising ``model`` reads a ``Pretrained`` checkpoint."""
+    for module in model.modules():
+        cfgs = getattr(module, 'init_cfg', None)
+        cfgs = cfgs if isinstance(cfgs, (list, tuple)) else [cfgs]
+        if any(
+            isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'
+            for cfg in cfgs
+        ):
+            return True
+    return False
 
 
 @RUNNERS.register_module()
@@ -29,7 +47,11 @@ class MRevNetRunner(Runner):
     Runner checkpoints (their ``message_hub`` holds HistoryBuffer and numpy
     objects) through :func:`~.checkpoint.runner_checkpoint_globals`, which
     allows checked stand-ins for exactly those objects while the file is
-    read and nothing else, at no other time.
+    read and nothing else, at no other time; what ``resume`` goes on to
+    read is checked by :func:`~.checkpoint.check_checkpoint_objects`.
+    Resuming the latest checkpoint of the work dir (``resume=True``
+    without ``load_from``) skips a file that a killed process left
+    truncated, saying so (:func:`~.checkpoint.find_resumable_checkpoint`).
 
     Without CUDA and with a launcher (``torchrun ... --launcher pytorch``,
     as mmseg's and mmpretrain's ``tools/train.py`` start it), the gloo
@@ -82,10 +104,31 @@ class MRevNetRunner(Runner):
         )
         return super().wrap_model(model_wrapper_cfg, model)
 
+    def load_or_resume(self) -> None:
+        if self._resume and self._load_from is None and not self._has_loaded:
+            self._load_from = find_resumable_checkpoint(
+                self.work_dir,
+                report=lambda message: self.logger.warning(message),
+            )
+            if self._load_from is None:
+                # Nothing complete to resume: mmengine would try its own
+                # pick (an empty or truncated file) again.
+                self._resume = False
+            else:
+                self.logger.info(f'Resuming from {self._load_from}')
+        super().load_or_resume()
+
     def load_checkpoint(self, filename, *args, **kwargs):
         with runner_checkpoint_globals(filename):
-            return super().load_checkpoint(filename, *args, **kwargs)
+            checkpoint = super().load_checkpoint(filename, *args, **kwargs)
+        check_checkpoint_objects(checkpoint, filename)
+        return checkpoint
 
     def _init_model_weights(self) -> None:
-        with runner_checkpoint_globals():
+        scope = (
+            runner_checkpoint_globals()
+            if _loads_pretrained(self.model)
+            else contextlib.nullcontext()
+        )
+        with scope:
             super()._init_model_weights()

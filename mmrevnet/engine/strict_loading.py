@@ -16,14 +16,21 @@ from typing import List
 from torch import nn
 
 from mmrevnet.models.backbones.mrevnet import MRevNet
-from mmrevnet.models.utils.weight_loading import map_resnet_keys
+from mmrevnet.models.utils.weight_loading import (
+    CheckpointMismatchError,
+    map_resnet_keys,
+)
 
 #: The command-line flag of the tools that accepts a partial load.
 NON_STRICT_FLAG = '--non-strict'
 
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint that does not fill the model exactly."""
+__all__ = [
+    'CheckpointMismatchError',
+    'KeyReport',
+    'compare_state_dict',
+    'strict_loading',
+    'run_loading_strictly',
+]
 
 
 @dataclass
@@ -135,24 +142,23 @@ def strict_loading(model: nn.Module, strict: bool = True, name: str = ''):
 def run_loading_strictly(runner, action: str, strict: bool, name: str):
     """``runner.<action>()`` under :func:`strict_loading` of its model.
 
-    What the project's tools do: a misfitting checkpoint ends the process
-    with the error (exit status 1) before any training or evaluation.
+    What the project's tools do: a misfitting checkpoint raises before any
+    training or evaluation, and the tool turns the error into its exit
+    status (1).
 
     Args:
         runner (Runner): A built runner.
         action (str): ``'train'`` or ``'test'``.
         strict (bool): See :func:`strict_loading`.
         name (str): The checkpoint's name, for the message.
-    """
-    import sys
 
+    Raises:
+        CheckpointMismatchError: The checkpoint does not fit the model.
+    """
     from mmengine.model import is_model_wrapper
 
     model = runner.model
     if is_model_wrapper(model):
         model = model.module
-    try:
-        with strict_loading(model, strict=strict, name=name):
-            return getattr(runner, action)()
-    except CheckpointMismatchError as error:
-        sys.exit(f'error: {error}')
+    with strict_loading(model, strict=strict, name=name):
+        return getattr(runner, action)()

@@ -183,9 +183,15 @@ def load_state_dict(
     if isinstance(checkpoint, str) and osp.isfile(checkpoint):
         checkpoint = _read_checkpoint_file(checkpoint)
     elif isinstance(checkpoint, str):
-        from mmrevnet.engine.checkpoint import load_runner_checkpoint
+        from mmrevnet.engine.checkpoint import (
+            UntrustedCheckpointError,
+            load_runner_checkpoint,
+        )
 
-        checkpoint = load_runner_checkpoint(checkpoint, map_location='cpu')
+        try:
+            checkpoint = load_runner_checkpoint(checkpoint, map_location='cpu')
+        except UntrustedCheckpointError as error:
+            raise ConversionError(str(error)) from None
     if not isinstance(checkpoint, Mapping):
         raise ConversionError(
             f'a checkpoint must be a dict, got {type(checkpoint).__name__}'
@@ -220,13 +226,18 @@ def _read_checkpoint_file(path: str):
         )
     from mmrevnet.engine.checkpoint import (
         UntrustedCheckpointError,
+        check_checkpoint_objects,
         runner_checkpoint_globals,
     )
 
     try:
         # Runner checkpoints (with their message hub) load too.
         with runner_checkpoint_globals(path):
-            return torch.load(path, map_location='cpu', weights_only=True)
+            checkpoint = torch.load(
+                path, map_location='cpu', weights_only=True
+            )
+        check_checkpoint_objects(checkpoint, path)
+        return checkpoint
     except UntrustedCheckpointError as error:
         raise ConversionError(str(error)) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
@@ -529,6 +540,7 @@ def convert_checkpoint(
     variant: str = 'auto',
     source: str = 'auto',
     strict: bool = False,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert a checkpoint file and optionally save the MRevNet checkpoint.
 
@@ -549,10 +561,23 @@ def convert_checkpoint(
             Defaults to ``'auto'``.
         strict (bool): Refuse (and save nothing) when keys are missing or
             unexpected. Defaults to False.
+        overwrite (bool): Replace an existing ``dst``; otherwise an
+            existing ``dst`` is refused before anything is read.
+            Defaults to False.
 
     Returns:
         ConversionResult: The converted state dict and the key report.
+
+    Raises:
+        ConversionError: ``dst`` exists (without ``overwrite``), the source
+            is not a checkpoint of tensors or is refused as untrusted, or
+            the conversion is refused.
     """
+    if dst is not None and osp.lexists(dst) and not overwrite:
+        raise ConversionError(
+            f'{dst} exists; refusing to overwrite it (--force, or '
+            'overwrite=True, replaces it)'
+        )
     result = convert_state_dict(
         load_state_dict(src),
         depth=depth,

@@ -220,6 +220,340 @@ def numpy_object_array(marker: str) -> bytes:
     )
 
 
+EMPTY_LIST, EMPTY_TUPLE, APPEND = b']', b')', b'a'
+NEWTRUE = b'\x88'
+
+
+def long_int(value: int) -> bytes:
+    """LONG1: any int, little-endian two's complement."""
+    data = value.to_bytes((value.bit_length() + 8) // 8, 'little', signed=True)
+    return b'\x8a' + bytes([len(data)]) + data
+
+
+def binfloat(value: float) -> bytes:
+    return b'G' + struct.pack('>d', value)
+
+
+_HISTORY_BUFFER = global_('mmengine.logging.history_buffer', 'HistoryBuffer')
+
+
+def _put_long(slot: int) -> bytes:
+    return b'r' + struct.pack('<I', slot)
+
+
+def _get_long(slot: int) -> bytes:
+    return b'j' + struct.pack('<I', slot)
+
+
+def shared_tuples(depth: int) -> bytes:
+    """``depth`` tuples, each holding the previous one twice.
+
+    ``2**depth`` leaves from ``depth`` objects (pickle's memo shares them);
+    the last tuple is left on the stack.
+    """
+    parts = [binfloat(1.0)]
+    for level in range(depth):
+        parts += [_put_long(1000 + level), _get_long(1000 + level), TUPLE2]
+    return b''.join(parts)
+
+
+def history_buffer_reduce_amplified(marker: str) -> bytes:
+    """REDUCE of HistoryBuffer on 40 shared tuples (2**40 leaves).
+
+    mmengine's ``__init__`` hands the lists to numpy, which visits every
+    leaf: gigabytes and minutes from a file of about a kilobyte.
+    """
+    del marker
+    return pickle_program(
+        _HISTORY_BUFFER,
+        shared_tuples(40),
+        _put_long(5000),
+        _get_long(5000),
+        TUPLE2,
+        REDUCE,
+    )
+
+
+def history_buffer_reduce_object(marker: str) -> bytes:
+    """REDUCE of HistoryBuffer on a list of str: an object-dtype array."""
+    del marker
+    return pickle_program(
+        _HISTORY_BUFFER,
+        EMPTY_LIST,
+        text('payload'),
+        APPEND,
+        EMPTY_LIST,
+        integer(1),
+        APPEND,
+        TUPLE2,
+        REDUCE,
+    )
+
+
+def history_buffer_reduce_junk_length(marker: str) -> bytes:
+    """REDUCE of HistoryBuffer([1.0], [1], 'junk')."""
+    del marker
+    return pickle_program(
+        _HISTORY_BUFFER,
+        EMPTY_LIST,
+        binfloat(1.0),
+        APPEND,
+        EMPTY_LIST,
+        integer(1),
+        APPEND,
+        text('junk'),
+        TUPLE3,
+        REDUCE,
+    )
+
+
+def history_buffer_newobj_args(marker: str) -> bytes:
+    """NEWOBJ of HistoryBuffer with arguments (shared tuples)."""
+    del marker
+    return pickle_program(
+        _HISTORY_BUFFER,
+        shared_tuples(30),
+        put(100),
+        get(100),
+        TUPLE2,
+        NEWOBJ,
+    )
+
+
+def history_buffer_never_built(marker: str) -> bytes:
+    """NEWOBJ of HistoryBuffer without the BUILD that checks its state."""
+    del marker
+    return pickle_program(
+        EMPTY_DICT,
+        text('buffer'),
+        _HISTORY_BUFFER,
+        EMPTY_TUPLE,
+        NEWOBJ,
+        SETITEM,
+    )
+
+
+def _array(shape: bytes, dtype: bytes, raw: bytes) -> bytes:
+    """``_reconstruct`` + BUILD of an array with the given state parts."""
+    return b''.join(
+        [
+            global_('numpy._core.multiarray', '_reconstruct'),
+            global_('numpy', 'ndarray'),
+            integer(0),
+            TUPLE1,
+            latin1_bytes(b'b'),
+            TUPLE3,
+            REDUCE,
+            MARK,
+            integer(1),
+            shape,
+            dtype,
+            NEWFALSE,
+            raw,
+            TUPLE,
+            BUILD,
+        ]
+    )
+
+
+def _dtype(code: str) -> bytes:
+    return (
+        global_('numpy', 'dtype')
+        + text(code)
+        + NEWFALSE
+        + NEWTRUE
+        + (TUPLE3 + REDUCE)
+    )
+
+
+def _overflow_shape(*dims: int) -> Callable[[str], bytes]:
+    def build(marker: str) -> bytes:
+        del marker
+        shape = MARK + b''.join(long_int(n) for n in dims) + TUPLE
+        return pickle_program(_array(shape, _dtype('f8'), latin1_bytes(b'')))
+
+    return build
+
+
+def dtype_newobj_without_init(marker: str) -> bytes:
+    """NEWOBJ of numpy.dtype without arguments, used by an array."""
+    del marker
+    spec = global_('numpy', 'dtype') + EMPTY_TUPLE + NEWOBJ
+    return pickle_program(
+        _array(integer(1) + TUPLE1, spec, latin1_bytes(b'\0' * 8))
+    )
+
+
+def dtype_newobj_object(marker: str) -> bytes:
+    """NEWOBJ of numpy.dtype('O8'): the object dtype by the other opcode."""
+    del marker
+    spec = global_('numpy', 'dtype') + text('O8') + TUPLE1 + NEWOBJ
+    return pickle_program(
+        _array(integer(1) + TUPLE1, spec, latin1_bytes(b'\0' * 8))
+    )
+
+
+def ndarray_reduce(marker: str) -> bytes:
+    """REDUCE of numpy.ndarray((2**40,)): numpy would allocate 8 TB."""
+    del marker
+    return pickle_program(
+        global_('numpy', 'ndarray'),
+        long_int(1 << 40),
+        TUPLE1,
+        TUPLE1,
+        REDUCE,
+    )
+
+
+def ndarray_newobj(marker: str) -> bytes:
+    """NEWOBJ of numpy.ndarray with a shape."""
+    del marker
+    return pickle_program(
+        global_('numpy', 'ndarray'),
+        long_int(1 << 40),
+        TUPLE1,
+        TUPLE1,
+        NEWOBJ,
+    )
+
+
+def scalar_newobj(marker: str) -> bytes:
+    """NEWOBJ... of the scalar function: a REDUCE without bytes."""
+    del marker
+    return pickle_program(
+        global_('numpy._core.multiarray', 'scalar'),
+        _dtype('f8'),
+        TUPLE1,
+        REDUCE,
+    )
+
+
+def shared_array_copies(marker: str) -> bytes:
+    """One 1 MiB array shared by 400 HistoryBuffers (400 copies)."""
+    del marker
+    values = 1 << 17
+    parts = [
+        _array(
+            long_int(values) + TUPLE1,
+            _dtype('f8'),
+            latin1_bytes(b'\0' * (8 * values)),
+        ),
+        put(1),
+        EMPTY_LIST,
+    ]
+    for _ in range(400):
+        parts += [
+            _HISTORY_BUFFER,
+            EMPTY_TUPLE,
+            NEWOBJ,
+            EMPTY_DICT,
+            text('max_length'),
+            long_int(1 << 20),
+            SETITEM,
+            text('_log_history'),
+            get(1),
+            SETITEM,
+            text('_count_history'),
+            get(1),
+            SETITEM,
+            BUILD,
+            APPEND,
+        ]
+    return pickle_program(*parts)
+
+
+def shared_reference_lists(marker: str) -> bytes:
+    """Optimizer state of 60 shared tuples: 2**60 entries to a reader.
+
+    torch accepts the file (only lists and floats); a recursive reader
+    such as the optimizer's state casting never finishes.
+    """
+    del marker
+    return pickle_program(
+        EMPTY_DICT,
+        text('optimizer'),
+        EMPTY_DICT,
+        text('state'),
+        shared_tuples(60),
+        SETITEM,
+        SETITEM,
+    )
+
+
+def reference_cycle(marker: str) -> bytes:
+    """A list that holds itself."""
+    del marker
+    return pickle_program(
+        EMPTY_DICT,
+        text('meta'),
+        EMPTY_LIST,
+        put(1),
+        get(1),
+        APPEND,
+        SETITEM,
+    )
+
+
+def deep_nesting(marker: str) -> bytes:
+    """Lists nested 100000 deep (recursive readers overflow the stack)."""
+    del marker
+    depth = 100000
+    return pickle_program(
+        EMPTY_DICT,
+        text('meta'),
+        EMPTY_LIST * depth,
+        APPEND * (depth - 1),
+        SETITEM,
+    )
+
+
+def meta_config_code(marker: str) -> bytes:
+    """``meta['config']`` that runs code: mmengine's resume execs it."""
+    code = f"x = __import__('os').system('touch {marker}')\n"
+    return pickle_program(
+        EMPTY_DICT,
+        text('meta'),
+        EMPTY_DICT,
+        text('epoch'),
+        integer(0),
+        SETITEM,
+        text('iter'),
+        integer(1),
+        SETITEM,
+        text('config'),
+        text(code),
+        SETITEM,
+        SETITEM,
+        text('state_dict'),
+        EMPTY_DICT,
+        SETITEM,
+    )
+
+
+def parameter_forged_class(marker: str) -> bytes:
+    """``_rebuild_parameter_with_state`` setting ``__class__``."""
+    del marker
+    return pickle_program(
+        global_('torch._utils', '_rebuild_parameter_with_state'),
+        MARK,
+        global_('torch', 'Tensor'),
+        EMPTY_TUPLE,
+        NEWOBJ,
+        NEWFALSE,
+        global_('collections', 'OrderedDict'),
+        EMPTY_TUPLE,
+        REDUCE,
+        EMPTY_DICT,
+        text('__class__'),
+        global_('collections', 'OrderedDict'),
+        SETITEM,
+        NONE,
+        TUPLE2,
+        TUPLE,
+        REDUCE,
+    )
+
+
 #: name -> builder(marker) -> data.pkl bytes.
 PICKLES: Dict[str, Callable[[str], bytes]] = {
     'getattr_gadget': getattr_gadget,
@@ -228,6 +562,49 @@ PICKLES: Dict[str, Callable[[str], bytes]] = {
     'reduce_unlisted_function': reduce_unlisted_function,
     'history_buffer_hostile_state': history_buffer_hostile_state,
     'numpy_object_array': numpy_object_array,
+    'history_buffer_reduce_amplified': history_buffer_reduce_amplified,
+    'history_buffer_reduce_object': history_buffer_reduce_object,
+    'history_buffer_reduce_junk_length': history_buffer_reduce_junk_length,
+    'history_buffer_newobj_args': history_buffer_newobj_args,
+    'history_buffer_never_built': history_buffer_never_built,
+    'array_shape_2e32x2e32': _overflow_shape(1 << 32, 1 << 32),
+    'array_shape_2e61x8': _overflow_shape(1 << 61, 8),
+    'array_shape_2e64': _overflow_shape(1 << 64),
+    'dtype_newobj_without_init': dtype_newobj_without_init,
+    'dtype_newobj_object': dtype_newobj_object,
+    'ndarray_reduce': ndarray_reduce,
+    'ndarray_newobj': ndarray_newobj,
+    'scalar_without_bytes': scalar_newobj,
+    'shared_array_copies': shared_array_copies,
+    'shared_reference_amplification': shared_reference_lists,
+    'reference_cycle': reference_cycle,
+    'deep_nesting': deep_nesting,
+    'meta_config_code': meta_config_code,
+    'parameter_forged_class': parameter_forged_class,
+}
+
+#: Files that torch's own loader accepts (only plain types, or torch's own
+#: functions): refused by the project's checks of what was loaded, which
+#: plain ``torch.load`` and mmengine's loaders do not make.
+ACCEPTED_BY_TORCH = {
+    'shared_reference_amplification',
+    'reference_cycle',
+    'deep_nesting',
+    'meta_config_code',
+}
+
+#: Files that cost memory or time where a check is missing: loaded only in
+#: a child process with an address-space cap (``test_hostile_files``).
+AMPLIFYING = {
+    'history_buffer_reduce_amplified',
+    'history_buffer_newobj_args',
+    'array_shape_2e32x2e32',
+    'array_shape_2e61x8',
+    'ndarray_reduce',
+    'ndarray_newobj',
+    'shared_array_copies',
+    'shared_reference_amplification',
+    'deep_nesting',
 }
 
 

@@ -304,3 +304,40 @@ def test_cli_and_pretrained_init(tmp_path, capsys):
     with pytest.raises(SystemExit, match='layer1.0.conv1.weight'):
         cli.main([src, refused, '--depth', '50'])
     assert not osp.exists(refused)
+
+
+def test_cli_refuses_to_overwrite_without_force(tmp_path):
+    cli = _load_cli()
+    src = str(tmp_path / 'src.pth')
+    torch.save(_randomize(PretrainResNetV1c(depth=18), 6).state_dict(), src)
+    dst = tmp_path / 'dst.pth'
+    dst.write_bytes(b'keep me')
+    args = [src, str(dst), '--depth', '18', '--variant', 'v1c']
+    with pytest.raises(SystemExit, match='exists; refusing to overwrite'):
+        cli.main(args)
+    assert dst.read_bytes() == b'keep me'
+    cli.main(args + ['--force'])
+    assert torch.load(dst, weights_only=True)['meta']
+
+
+@pytest.mark.parametrize(
+    'name',
+    ['history_buffer_reduce_amplified', 'parameter_forged_class'],
+)
+def test_cli_refuses_hostile_file_in_one_line(tmp_path, name):
+    """The converter reports an untrusted file as one line, no traceback."""
+    spec = importlib.util.spec_from_file_location(
+        'crafted_checkpoints',
+        osp.join(REPO, 'tests', 'test_engine', 'crafted_checkpoints.py'),
+    )
+    crafted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crafted)
+    cli = _load_cli()
+    src = str(tmp_path / f'{name}.pth')
+    crafted.craft(name, src, str(tmp_path / 'payload_ran'))
+    with pytest.raises(SystemExit) as info:
+        cli.main([src, str(tmp_path / 'out.pth')])
+    message = str(info.value.code)
+    assert message.startswith('error: Refused to load the checkpoint')
+    assert '\n' not in message
+    assert not osp.exists(tmp_path / 'out.pth')

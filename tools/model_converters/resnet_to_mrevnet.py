@@ -16,8 +16,10 @@ or unexpected keys) is refused: nothing is written and the exit status is
 1 (``--non-strict`` writes the partial result, with a warning); a tensor
 whose shape does not fit the target is always refused. The output is
 ``{'state_dict': ..., 'meta': ...}``; use it with
-``init_cfg=dict(type='Pretrained', checkpoint=DST)`` on the backbone. See
-:mod:`mmrevnet.models.convert`.
+``init_cfg=dict(type='Pretrained', checkpoint=DST)`` on the backbone. An
+existing DST is not replaced unless ``--force`` is given. Every refusal
+(including a source file refused as untrusted) is one ``error:`` line and
+exit status 1. See :mod:`mmrevnet.models.convert`.
 """
 
 import argparse
@@ -75,6 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='write the result even if keys are missing or unexpected',
     )
     parser.add_argument(
+        '--force',
+        action='store_true',
+        help='replace DST if it exists (default: refuse, write nothing)',
+    )
+    parser.add_argument(
         '--strict',
         action='store_true',
         help='refuse (write nothing) if keys are missing or unexpected; '
@@ -102,6 +109,7 @@ def main(argv=None) -> ConversionResult:
             variant=args.variant,
             source=args.source,
             strict=not args.non_strict,
+            overwrite=args.force,
         )
     except ConversionError as error:
         sys.exit(
@@ -110,6 +118,9 @@ def main(argv=None) -> ConversionResult:
             if 'strict conversion' in str(error)
             else f'error: {error}'
         )
+    except (OSError, ValueError) as error:
+        # A missing or unreadable file, a bad MMREVNET_* setting.
+        sys.exit(f'error: {error}')
     print(result.summary())
     if not result.complete:
         print(

@@ -21,8 +21,10 @@ from mmrevnet.models.utils.arguments import (
 from mmrevnet.models.utils.res_layer import MomentumResLayer, needs_grad
 from mmrevnet.models.utils.weight_loading import (
     map_resnet_keys_on_load,
+    pretrained_fit_check,
     record_residual_fn,
     resolve_residual_fn,
+    split_pretrained_strict,
 )
 from mmrevnet.reversible import (
     DEFAULT_MAX_AMPLIFICATION,
@@ -103,7 +105,11 @@ class MRevNet(ResNet):
         pretrained (str, optional): Deprecated; use ``init_cfg``.
             Defaults to None.
         init_cfg (dict | list[dict], optional): Initialization config.
-            Defaults to None.
+            ``dict(type='Pretrained', checkpoint=...)`` is strict: weights
+            with missing keys, tensors of another shape, or extra blocks
+            raise :class:`CheckpointMismatchError` with the keys;
+            ``strict=False`` in it keeps mmengine's non-strict load (keys
+            only logged). Defaults to None.
         gamma (float): Momentum ``gamma = 1 - mu`` of the velocity update;
             in (0, 1) with ``memory_saving=True``, [0, 1) otherwise.
             Defaults to 0.9.
@@ -228,6 +234,7 @@ class MRevNet(ResNet):
                 else max_amplification
             ),
         )
+        init_cfg, self.pretrained_strict = split_pretrained_strict(init_cfg)
         self.residual_fn = resolve_residual_fn(
             residual_fn, pretrained, init_cfg
         )
@@ -351,6 +358,11 @@ class MRevNet(ResNet):
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)
+
+    def init_weights(self) -> None:
+        """mmengine's initialisation; ``Pretrained`` weights must fit."""
+        with pretrained_fit_check(self, strict=self.pretrained_strict):
+            super().init_weights()
 
     def train(self, mode: bool = True) -> 'MRevNet':
         """Set train/eval mode, keeping frozen stages and ``norm_eval``.

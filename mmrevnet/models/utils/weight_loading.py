@@ -2,13 +2,19 @@
 
 The key mapping of mmpretrain's and torchvision's ResNet layouts (applied by
 a load pre-hook, so ``init_cfg=dict(type='Pretrained')`` reads them), the
-``residual_fn`` record of a saved MRevNet, and the warm-start default of
-``residual_fn``.
+``residual_fn`` record of a saved MRevNet, the warm-start default of
+``residual_fn``, and the strict check of ``Pretrained`` weights.
 """
 
+import contextlib
+import copy
 import re
 import warnings
 from collections import OrderedDict
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint that does not fill the model exactly."""
 
 
 def _gives_pretrained_weights(pretrained, init_cfg) -> bool:
@@ -167,3 +173,112 @@ def map_resnet_keys_on_load(
         return
     _check_stem_layout(module, local)
     _warn_residual_fn(module, list(local), local_metadata)
+
+
+def split_pretrained_strict(init_cfg):
+    """``init_cfg`` without the ``strict`` key of its ``Pretrained`` entry.
+
+    mmengine's ``PretrainedInit`` takes no ``strict`` argument (it always
+    loads non-strictly and logs the keys), so the backbone reads it and
+    checks the weights itself (:func:`pretrained_fit_check`).
+
+    Args:
+        init_cfg (dict | list[dict], optional): The backbone's ``init_cfg``.
+
+    Returns:
+        tuple: ``(init_cfg, strict)``; ``init_cfg`` is a copy without
+        ``strict`` where one was given, ``strict`` is True unless a
+        ``Pretrained`` entry says ``strict=False``.
+
+    Raises:
+        TypeError: ``strict`` is not a bool.
+    """
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    strict = True
+    cleaned = []
+    for cfg in cfgs:
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            if 'strict' in cfg:
+                cfg = copy.copy(cfg)
+                strict = cfg.pop('strict')
+                if not isinstance(strict, bool):
+                    raise TypeError(
+                        "init_cfg=dict(type='Pretrained', strict=...) must "
+                        f'be a bool, got {strict!r}'
+                    )
+        cleaned.append(cfg)
+    if isinstance(init_cfg, (list, tuple)):
+        return type(init_cfg)(cleaned), strict
+    return cleaned[0], strict
+
+
+def _pretrained_checkpoint(init_cfg):
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    for cfg in cfgs:
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            return cfg
+    return None
+
+
+@contextlib.contextmanager
+def pretrained_fit_check(module, strict: bool = True):
+    """Refuse ``Pretrained`` weights that do not fill the backbone.
+
+    While active, a load pre-hook (after the key mapping) compares the
+    weights with the backbone: missing keys (``num_batches_tracked``
+    excepted), tensors of another shape, and unexpected keys inside the
+    backbone's own modules (a deeper network's extra blocks) raise
+    :class:`CheckpointMismatchError` with the lists. Keys outside them
+    (a classifier's ``fc``, ``head``) are left to mmengine's log. With
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` set, refuses to load at all.
+
+    Args:
+        module (MRevNet): The backbone.
+        strict (bool): False leaves mmengine's behaviour (the keys are only
+            logged). Defaults to True.
+    """
+    cfg = _pretrained_checkpoint(module.init_cfg)
+    if cfg is None:
+        yield
+        return
+    # The engine imports the backbones: import it when loading.
+    from mmrevnet.engine.checkpoint import check_full_pickle_not_forced
+    from mmrevnet.engine.strict_loading import compare_state_dict
+
+    # torch would load the file with the full pickle.
+    check_full_pickle_not_forced()
+    if not strict:
+        yield
+        return
+
+    own = {name for name, _ in module.named_children()}
+
+    def check(hooked, state_dict, prefix, *args):
+        report = compare_state_dict(hooked, state_dict, prefix)
+        report.unexpected = [
+            key
+            for key in report.unexpected
+            if key[len(prefix) :].split('.', 1)[0] in own
+        ]
+        if report.exact:
+            return
+        if len(report.missing) == len(
+            [k for k in hooked.state_dict() if 'num_batches_tracked' not in k]
+        ):
+            report.missing.insert(0, '(no key of the checkpoint matches)')
+        prefix_note = f', prefix={cfg["prefix"]!r}' if 'prefix' in cfg else ''
+        raise CheckpointMismatchError(
+            f"init_cfg=dict(type='Pretrained', checkpoint="
+            f'{cfg.get("checkpoint")!r}{prefix_note}) does not fit this '
+            f'{type(hooked).__name__} (depth={hooked.depth}):\n'
+            f'{report.describe()}\n'
+            '(is it for another depth or variant, or another prefix? add '
+            'strict=False to the init_cfg to load the matching tensors '
+            'anyway)'
+        )
+
+    handle = module.register_load_state_dict_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
