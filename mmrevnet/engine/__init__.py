@@ -18,10 +18,12 @@ from .hooks import (
     MRevNetDriftHook,
     momentum_stages,
 )
+from .plain_state import MRevNetPlainCheckpointHook
 from .runner import MRevNetRunner
 
 __all__ = [
     'MRevNetRunner',
+    'MRevNetPlainCheckpointHook',
     'UntrustedCheckpointError',
     'load_runner_checkpoint',
     'runner_checkpoint_globals',

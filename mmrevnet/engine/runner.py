@@ -4,6 +4,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from .checkpoint import runner_checkpoint_globals
+from .plain_state import MRevNetPlainCheckpointHook
 
 
 @RUNNERS.register_module()
@@ -16,7 +17,19 @@ class MRevNetRunner(Runner):
     allows checked stand-ins for exactly those objects while the file is
     read and nothing else, at no other time. Select it in a config with
     ``runner_type = 'MRevNetRunner'``; everything else is mmengine's.
+
+    It saves its checkpoints through
+    :class:`~.plain_state.MRevNetPlainCheckpointHook`, so that
+    ``torch.load(weights_only=True)`` (mmseg's and mmpretrain's tools)
+    opens them with torch's allowlist unchanged.
     """
+
+    def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
+        super().register_hooks(default_hooks, custom_hooks)
+        if not any(
+            isinstance(hook, MRevNetPlainCheckpointHook) for hook in self.hooks
+        ):
+            self.register_hook(MRevNetPlainCheckpointHook())
 
     def load_checkpoint(self, filename, *args, **kwargs):
         with runner_checkpoint_globals(filename):
