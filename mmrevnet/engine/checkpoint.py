@@ -294,11 +294,19 @@ def load_runner_checkpoint(filename: str, map_location='cpu') -> dict:
         map_location (str | torch.device): Defaults to 'cpu'.
 
     Returns:
-        dict: The checkpoint.
+        dict: The checkpoint, its message hub with ``HistoryBuffer``
+        objects (also when it was saved in plain types).
     """
     from mmengine.runner import CheckpointLoader
 
+    from .plain_state import restore_message_hub
+
     with runner_checkpoint_globals(filename):
-        return CheckpointLoader.load_checkpoint(
+        checkpoint = CheckpointLoader.load_checkpoint(
             filename, map_location=map_location
         )
+    if isinstance(checkpoint, dict) and 'message_hub' in checkpoint:
+        checkpoint['message_hub'] = restore_message_hub(
+            checkpoint['message_hub']
+        )
+    return checkpoint
