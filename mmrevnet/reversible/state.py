@@ -15,6 +15,7 @@ That second evaluation must be the *same* function as in the forward pass:
 """
 
 import contextlib
+import functools
 from typing import Iterable, List, Optional
 
 import torch
@@ -150,7 +151,17 @@ def eager_under_compile(function):
     Args:
         function (Callable): The function to keep eager.
     """
-    return torch.compiler.disable(function, recursive=True)
+    # Made at the first call, so that importing the package does not
+    # import torch's compiler stack.
+    disabled = []
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        if not disabled:
+            disabled.append(torch.compiler.disable(function, recursive=True))
+        return disabled[0](*args, **kwargs)
+
+    return call
 
 
 @eager_under_compile

@@ -132,9 +132,6 @@ def test_compiled_train_step_matches_eager():
     assert eager.backbone.memory_saving
     data = _batch()
 
-    eager_losses = eager.train_step(
-        copy.deepcopy(data), _BackwardOnly(torch.optim.SGD(eager.parameters()))
-    )
     torch._dynamo.reset()
     counters.clear()
     step = torch.compile(compiled.train_step)
@@ -143,6 +140,11 @@ def test_compiled_train_step_matches_eager():
         _BackwardOnly(torch.optim.SGD(compiled.parameters())),
     )
 
+    # The eager step second: the compiled one made the first calls of the
+    # eager-only wrappers, as in mmengine's compile=True.
+    eager_losses = eager.train_step(
+        copy.deepcopy(data), _BackwardOnly(torch.optim.SGD(eager.parameters()))
+    )
     assert eager_losses.keys() == losses.keys()
     for key in eager_losses:
         assert _relative(losses[key], eager_losses[key]) <= GRAD_TOL, key
@@ -163,8 +165,9 @@ def test_compiled_train_step_matches_eager():
                 assert error <= BUFFER_TOL, (name, buffer, error)
 
     # The only graph breaks: the eager memory-saving calls (stem and
-    # transition checkpoints, reversible stages, recomputed heads), mmseg's
-    # accuracy (data-dependent nonzero) and the backward call.
+    # transition checkpoints, reversible stages, recomputed heads) and the
+    # creation of their wrappers, mmseg's accuracy (data-dependent nonzero)
+    # and the backward call.
     breaks = counters['graph_break']
     eager_calls = {
         checkpointed_call.__name__,
@@ -178,5 +181,8 @@ def test_compiled_train_step_matches_eager():
                 for name in eager_calls
             )
             or 'aten.nonzero' in reason
+            # The first call of each eager wrapper creates it (lazily, so
+            # that importing mmrevnet does not import torch._dynamo).
+            or reason.startswith('Call to `torch.compiler.disable()`')
             or 'Tensor.backward()' in reason
         ), reason
