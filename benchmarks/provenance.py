@@ -179,6 +179,16 @@ RESULTS: Dict[str, Result] = {
         '(step-peak measure, import hook, data checks); not rerun, as '
         'docs/warm_start.md says',
     ),
+    'compile_cpu': Result(
+        outputs=(
+            'docs/benchmark/compile/results.json',
+            'docs/benchmark/compile/results.md',
+        ),
+        command='python -m benchmarks.compile_step --depth 50 --size 64 64 '
+        '--batch-size 2 --rounds 5 --out docs/benchmark/compile',
+        sources=_MODELS
+        + ('mmrevnet/analysis/memory.py', 'benchmarks/compile_step.py'),
+    ),
     'gpu_h100': Result(
         outputs=(
             'docs/benchmark/gpu/h100_full_dcad7fe/benchmark.json',

@@ -19,10 +19,12 @@ from .hooks import (
     MRevNetDriftHook,
     momentum_stages,
 )
+from .plain_state import MRevNetPlainCheckpointHook
 from .runner import MRevNetRunner
 
 __all__ = [
     'MRevNetRunner',
+    'MRevNetPlainCheckpointHook',
     'UntrustedCheckpointError',
     'check_checkpoint_objects',
     'load_runner_checkpoint',

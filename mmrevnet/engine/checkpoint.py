@@ -780,15 +780,22 @@ def load_runner_checkpoint(
             and :func:`check_checkpoint_objects`. Defaults to None.
 
     Returns:
-        dict: The checkpoint.
+        dict: The checkpoint, its message hub with ``HistoryBuffer``
+        objects (also when it was saved in plain types).
     """
     from mmengine.runner import CheckpointLoader
+
+    from .plain_state import restore_message_hub
 
     with runner_checkpoint_globals(filename, max_elements):
         checkpoint = CheckpointLoader.load_checkpoint(
             filename, map_location=map_location
         )
     check_checkpoint_objects(checkpoint, filename, max_elements)
+    if isinstance(checkpoint, dict) and 'message_hub' in checkpoint:
+        checkpoint['message_hub'] = restore_message_hub(
+            checkpoint['message_hub']
+        )
     return checkpoint
 
 

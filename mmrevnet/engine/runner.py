@@ -17,6 +17,7 @@ from .checkpoint import (
     runner_checkpoint_globals,
 )
 from .distributed import cpu_model_wrapper_cfg, init_cpu_launcher_env
+from .plain_state import MRevNetPlainCheckpointHook
 
 
 def _has_sync_bn(model: torch.nn.Module) -> bool:
@@ -67,6 +68,11 @@ class MRevNetRunner(Runner):
     build(cfg)``, mmseg's and mmpretrain's ``tools/train.py``) then use it.
     ``Runner.from_cfg(cfg)`` called on mmengine's class builds mmengine's
     Runner whatever the config says. Everything else is mmengine's.
+
+    It saves its checkpoints through
+    :class:`~.plain_state.MRevNetPlainCheckpointHook`, so that
+    ``torch.load(weights_only=True)`` (mmseg's and mmpretrain's tools)
+    opens them with torch's allowlist unchanged.
     """
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -117,6 +123,13 @@ class MRevNetRunner(Runner):
             else:
                 self.logger.info(f'Resuming from {self._load_from}')
         super().load_or_resume()
+
+    def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
+        super().register_hooks(default_hooks, custom_hooks)
+        if not any(
+            isinstance(hook, MRevNetPlainCheckpointHook) for hook in self.hooks
+        ):
+            self.register_hook(MRevNetPlainCheckpointHook())
 
     def load_checkpoint(self, filename, *args, **kwargs):
         with runner_checkpoint_globals(filename):

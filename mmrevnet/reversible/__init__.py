@@ -19,7 +19,11 @@ from .stage import (
     check_gamma,
     stage_mode,
 )
-from .state import checkpointed_call, frozen_norm_buffers
+from .state import (
+    checkpointed_call,
+    eager_under_compile,
+    frozen_norm_buffers,
+)
 
 __all__ = [
     'MomentumSequential',
@@ -31,6 +35,7 @@ __all__ = [
     'StageReport',
     'check_gamma',
     'checkpointed_call',
+    'eager_under_compile',
     'frozen_norm_buffers',
     'forward_step',
     'gamma_as_computed',

@@ -41,7 +41,12 @@ from .coupling import (
     inverse_velocity,
     inverse_velocity_,
 )
-from .state import AutocastState, RNGState, frozen_norm_buffers
+from .state import (
+    AutocastState,
+    RNGState,
+    eager_under_compile,
+    frozen_norm_buffers,
+)
 
 
 class StageReport:
@@ -146,6 +151,7 @@ class MomentumStageFunction(torch.autograd.Function):
         return x
 
     @staticmethod
+    @eager_under_compile  # run by autograd, also inside a compiled step
     def backward(ctx, grad_output):
         if torch.is_grad_enabled():
             raise RuntimeError(

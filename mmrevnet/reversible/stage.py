@@ -34,9 +34,16 @@ from .coupling import (
     state_anchor_interval,
 )
 from .function import StageReport, momentum_stage_memory_saving
-from .state import autocast_active, checkpointed_call
+from .state import (
+    autocast_active,
+    checkpointed_call,
+    eager_under_compile,
+)
 
 MODES = ('reversible', 'checkpoint', 'plain')
+# The reversible Function is a graph break under torch.compile (see
+# eager_under_compile); the residual functions inside it run eagerly.
+_reversible_call = eager_under_compile(momentum_stage_memory_saving)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -391,9 +398,7 @@ class MomentumStage:
             if kept == len(functions):
                 return x
             report = self.report if config.track_drift else None
-            return momentum_stage_memory_saving(
-                config, functions[kept:], x, v0, report
-            )
+            return _reversible_call(config, functions[kept:], x, v0, report)
         return self._plain(functions, x, v0)
 
     def _plain(self, functions, x, v0, keep_v: bool = False):

@@ -15,6 +15,7 @@ That second evaluation must be the *same* function as in the forward pass:
 """
 
 import contextlib
+import functools
 from typing import Iterable, List, Optional
 
 import torch
@@ -136,6 +137,34 @@ def autocast_active(tensor: torch.Tensor) -> bool:
     return torch.is_autocast_enabled(tensor.device.type)
 
 
+def eager_under_compile(function):
+    """Run ``function`` outside ``torch.compile``'s graphs (a graph break).
+
+    The memory-saving paths recompute in the backward pass with hooks that
+    a compiled graph cannot express: frozen BatchNorm buffers, replayed
+    random numbers, a hand-written backward calling
+    ``torch.autograd.grad``. Under ``torch.compile`` they run eagerly, as
+    they do without it, and the code around them is compiled; each call
+    is one graph break (``torch._dynamo.explain`` counts them). Without
+    ``torch.compile`` the wrapper does nothing.
+
+    Args:
+        function (Callable): The function to keep eager.
+    """
+    # Made at the first call, so that importing the package does not
+    # import torch's compiler stack.
+    disabled = []
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        if not disabled:
+            disabled.append(torch.compiler.disable(function, recursive=True))
+        return disabled[0](*args, **kwargs)
+
+    return call
+
+
+@eager_under_compile
 def checkpointed_call(
     function,
     *inputs: torch.Tensor,
@@ -163,6 +192,11 @@ def checkpointed_call(
     def contexts():
         return contextlib.nullcontext(), frozen_norm_buffers(norm_modules)
 
+    # The recomputation runs inside the backward of a compiled step too:
+    # it stays eager like the forward.
     return checkpoint(
-        function, *inputs, use_reentrant=False, context_fn=contexts
+        eager_under_compile(function),
+        *inputs,
+        use_reentrant=False,
+        context_fn=contexts,
     )

@@ -26,6 +26,7 @@ from mmengine.registry import MODELS, RUNNERS
 from torch.utils.data import Dataset
 
 from mmrevnet.engine import (
+    MRevNetPlainCheckpointHook,
     MRevNetRunner,
     UntrustedCheckpointError,
     check_checkpoint_objects,
@@ -103,6 +104,13 @@ def trained_checkpoint(tmp_path_factory):
     """Train the toy model for 2 iterations with a real Runner."""
     work_dir = tmp_path_factory.mktemp('checkpoint_runner')
     runner = _runner(work_dir, max_iters=2)
+    # The format mmengine's own Runner writes (HistoryBuffer and numpy
+    # objects), which the loader must keep reading.
+    runner._hooks = [
+        hook
+        for hook in runner._hooks
+        if not isinstance(hook, MRevNetPlainCheckpointHook)
+    ]
     runner.train()
     return work_dir / 'iter_2.pth'
 

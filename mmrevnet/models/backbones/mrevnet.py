@@ -373,6 +373,54 @@ class MRevNet(ResNet):
         super().train(mode)
         return self
 
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> tuple:
+        """Layer id of a parameter, for layer-wise learning-rate decay.
+
+        The contract of mmpretrain's ``ResNet.get_layer_depth`` (used by
+        its ``LearningRateDecayOptimWrapperConstructor``), with the same
+        ids for the same depths: the stem is layer 0, stage 1 is layer 1,
+        stages 2 and 3 count one layer per group of ``blk2`` / ``blk3``
+        blocks, stage 4 is the last backbone layer, and a parameter outside
+        the backbone (the head) gets the id after it. Layouts mmpretrain
+        does not cover (depths 18 and 34 among them when their stage 3 has
+        fewer than 6 blocks) count one layer per block in stages 2 and 3.
+
+        Args:
+            param_name (str): Name of the parameter in the whole model.
+            prefix (str): The backbone's prefix in the model.
+                Defaults to ``''``.
+
+        Returns:
+            tuple[int, int]: The layer id and the number of layers.
+        """
+        depths = tuple(self.arch_settings[self.depth][1])
+        groups = {
+            (4, 6): (2, 3),
+            (4, 23): (2, 3),
+            (8, 36): (4, 4),
+            (24, 36): (4, 4),
+            (30, 48): (5, 6),
+        }
+        blk2, blk3 = groups.get((depths[1], depths[2]), (1, 1))
+        n2 = math.ceil(depths[1] / blk2 - 1e-5)
+        n3 = math.ceil(depths[2] / blk3 - 1e-5)
+        last = 2 + n2 + n3
+        num_layers = last + 2
+        if not param_name.startswith(prefix):
+            return last + 1, num_layers
+        name = param_name[len(prefix) :]
+        if not name.startswith('layer'):
+            return 0, num_layers
+        stage, block = name.split('.')[:2]
+        stage_id, block_id = int(stage[len('layer') :]), int(block)
+        if stage_id == 1:
+            return 1, num_layers
+        if stage_id == 2:
+            return 2 + block_id // blk2, num_layers
+        if stage_id == 3:
+            return 2 + n2 + block_id // blk3, num_layers
+        return last, num_layers
+
     def reconstruction_drift(self) -> Dict[str, Optional[float]]:
         """Drift of each stage's reconstructed input in the last backward.
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from mmrevnet.reversible.state import (
     AutocastState,
     RNGState,
+    eager_under_compile,
     frozen_norm_buffers,
 )
 
@@ -138,6 +139,7 @@ class RecomputeFunction(torch.autograd.Function):
         )
 
     @staticmethod
+    @eager_under_compile  # run by autograd, also inside a compiled step
     def backward(ctx, *grad_outputs):
         offset = 5  # fn, spec, modules, box, num_inputs
         needs = ctx.needs_input_grad[offset:]
@@ -179,6 +181,7 @@ def _needs_recompute(tensors: Sequence[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+@eager_under_compile
 def recomputed_call(
     fn: Callable,
     args: tuple,
