@@ -16,6 +16,7 @@ from .distributed import (
 from .hooks import (
     MRevNetCheckInvalidLossHook,
     MRevNetDriftHook,
+    MRevNetNonFiniteHook,
     momentum_stages,
 )
 from .runner import MRevNetRunner
@@ -26,6 +27,7 @@ __all__ = [
     'load_runner_checkpoint',
     'runner_checkpoint_globals',
     'MRevNetDriftHook',
+    'MRevNetNonFiniteHook',
     'MRevNetCheckInvalidLossHook',
     'momentum_stages',
     'build_train_config',

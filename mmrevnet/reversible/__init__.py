@@ -10,6 +10,7 @@ from .coupling import (
     inverse_velocity,
     state_anchor_interval,
 )
+from .finite import FiniteRecord, check_finite
 from .function import MomentumStageFunction, StageReport
 from .sequential import MomentumSequential
 from .stage import (
@@ -29,6 +30,8 @@ __all__ = [
     'stage_mode',
     'MomentumStageFunction',
     'StageReport',
+    'FiniteRecord',
+    'check_finite',
     'check_gamma',
     'checkpointed_call',
     'frozen_norm_buffers',
