@@ -279,6 +279,7 @@ def tensor_errors(
     size: Sequence[int] = (64, 64),
     seed: int = 0,
     device: str = 'cpu',
+    max_amplification: Optional[float] = None,
 ) -> Dict:
     """Every parameter gradient of MRevNetV1c against plain float64.
 
@@ -300,6 +301,8 @@ def tensor_errors(
         size (Sequence[int]): Input ``(H, W)``. Defaults to (64, 64).
         seed (int): Seed of the weights and the input. Defaults to 0.
         device (str): Defaults to 'cpu'.
+        max_amplification (float, optional): The memory-saving model's
+            bound (None: its default). Defaults to None.
 
     Returns:
         dict: ``names`` (parameter names), ``stored_states`` per precision
@@ -329,7 +332,9 @@ def tensor_errors(
     with warnings.catch_warnings():
         # Small gamma: the stages say they store states; the table shows it.
         warnings.simplefilter('ignore', UserWarning)
-        saving = MRevNetV1c(memory_saving=True, **kwargs)
+        saving = MRevNetV1c(
+            memory_saving=True, max_amplification=max_amplification, **kwargs
+        )
     saving.load_state_dict(plain.state_dict())
     reference = copy.deepcopy(plain).double()
     plain, saving, reference = (

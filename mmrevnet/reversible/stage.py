@@ -96,7 +96,7 @@ class StageConfig:
         name (str): Name used in warnings and errors. Defaults to 'stage'.
         max_amplification (float): Largest rounding-error growth accepted
             between two stored states (see :mod:`.coupling`).
-            Defaults to 2**8.
+            Defaults to 12.
         preserve_rng_state (bool): Replay random numbers in the
             recomputation. Defaults to True.
         track_drift (bool): Keep the true stage input, measure in every
