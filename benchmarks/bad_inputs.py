@@ -192,7 +192,7 @@ CASES: List[BadInput] = [
         'input containing NaN (training step, track_drift=True)',
         _non_finite_input,
         FloatingPointError,
-        'non-finite forward output',
+        "forward pass, first in momentum stage 'layer1', at the stage input",
     ),
     BadInput(
         'non-finite loss (MRevNetCheckInvalidLossHook)',

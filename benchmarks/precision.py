@@ -18,6 +18,7 @@ is not zero when the device's kernels are not deterministic) and, under
 autocast, between the plain autocast run and plain fp32.
 """
 
+import math
 import statistics
 from typing import Dict, List, Optional, Sequence
 
@@ -229,4 +230,205 @@ def markdown_table(rows: Sequence[Dict]) -> str:
             f'{pair(r.get("autocast_vs_fp32_grad_rel"))} | '
             f'{fp64(r)} | {r["buffer_max_abs"]:.1e} |'
         )
+    return '\n'.join(lines) + '\n'
+
+
+# -- the precision table: memory-saving and plain against float64 ----------
+
+#: The table's grid (docs/numerics.md).
+TABLE_DEPTHS = (50, 101, 152)
+TABLE_GAMMAS = (0.5, 0.9, 0.99, 0.999999)
+TABLE_PRECISIONS = ('fp32', 'bf16')
+
+
+def tensor_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    """Norm-wise relative error ``||e - r||_2 / ||r||_2`` of one tensor.
+
+    Both are taken in float64; a reference of norm 0 gives the absolute
+    error ``||e||_2``.
+    """
+    estimate = estimate.detach().double()
+    reference = reference.detach().double()
+    scale = reference.norm().item()
+    error = (estimate - reference).norm().item()
+    return error / scale if scale > 0 else error
+
+
+def error_ratio(saving: float, plain: float) -> float:
+    """``saving / plain`` (1 when both are 0, inf when only plain is 0)."""
+    if plain > 0:
+        return saving / plain
+    return 1.0 if saving == 0 else math.inf
+
+
+def _stored_states(model, low_precision: bool) -> int:
+    return sum(
+        (s.config.num_reversed - 1) // interval
+        for s in model.stages.values()
+        for interval in [s.config.anchor_interval_for(low_precision)]
+        if interval and s.config.num_reversed
+    )
+
+
+def tensor_errors(
+    depth: int,
+    gamma: float,
+    precisions: Sequence[str] = TABLE_PRECISIONS,
+    base_channels: int = 64,
+    batch_size: int = 2,
+    size: Sequence[int] = (64, 64),
+    seed: int = 0,
+    device: str = 'cpu',
+    max_amplification: Optional[float] = None,
+) -> Dict:
+    """Every parameter gradient of MRevNetV1c against plain float64.
+
+    Three models with the same weights (PyTorch's default initialisation,
+    ``zero_init_residual=False``): the plain path in float64 (the
+    reference), the plain path and the memory-saving path with default
+    settings (whatever stored states the stages plan for themselves). For
+    each precision (``'fp32'``, or ``'bf16'`` / ``'fp16'`` autocast) the
+    plain and the memory-saving gradients of one training step are
+    compared, tensor by tensor, with :func:`tensor_error`, against the
+    reference.
+
+    Args:
+        depth (int): Backbone depth.
+        gamma (float): Momentum of every stage.
+        precisions (Sequence[str]): Defaults to ('fp32', 'bf16').
+        base_channels (int): Defaults to 64 (the real width).
+        batch_size (int): Defaults to 2.
+        size (Sequence[int]): Input ``(H, W)``. Defaults to (64, 64).
+        seed (int): Seed of the weights and the input. Defaults to 0.
+        device (str): Defaults to 'cpu'.
+        max_amplification (float, optional): The memory-saving model's
+            bound (None: its default). Defaults to None.
+
+    Returns:
+        dict: ``names`` (parameter names), ``stored_states`` per precision
+        (states ``(x, v)`` the default plan stores) and ``errors``:
+        per precision, ``saving`` and ``plain``, one error per name.
+    """
+    import copy
+    import warnings
+
+    from mmrevnet.models import MRevNetV1c
+
+    for precision in precisions:
+        if precision not in _DTYPES:
+            raise ValueError(
+                f'precision must be one of {sorted(_DTYPES)}, '
+                f'got {precision!r}'
+            )
+    torch.manual_seed(seed)
+    kwargs = dict(
+        depth=depth,
+        base_channels=base_channels,
+        stem_channels=base_channels,
+        zero_init_residual=False,
+        gamma=gamma,
+    )
+    plain = MRevNetV1c(memory_saving=False, **kwargs)
+    with warnings.catch_warnings():
+        # Small gamma: the stages say they store states; the table shows it.
+        warnings.simplefilter('ignore', UserWarning)
+        saving = MRevNetV1c(
+            memory_saving=True, max_amplification=max_amplification, **kwargs
+        )
+    saving.load_state_dict(plain.state_dict())
+    reference = copy.deepcopy(plain).double()
+    plain, saving, reference = (
+        m.to(device) for m in (plain, saving, reference)
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch_size, 3, *size, generator=generator).to(device)
+    _, grads_64 = _run(reference, x.double(), None)
+    errors = {}
+    for precision in precisions:
+        dtype = _DTYPES[precision]
+        _, grads_plain = _run(plain, x, dtype)
+        _, grads_saving = _run(saving, x, dtype)
+        errors[precision] = dict(
+            saving=[
+                tensor_error(g, r) for g, r in zip(grads_saving, grads_64)
+            ],
+            plain=[tensor_error(g, r) for g, r in zip(grads_plain, grads_64)],
+        )
+    return dict(
+        depth=depth,
+        gamma=gamma,
+        base_channels=base_channels,
+        batch_size=batch_size,
+        size=list(size),
+        seed=seed,
+        names=[name for name, _ in plain.named_parameters()],
+        stored_states={
+            p: _stored_states(saving, _DTYPES[p] is not None)
+            for p in precisions
+        },
+        errors=errors,
+    )
+
+
+def ratio_summary(result: Dict, precision: str) -> Dict:
+    """Worst and median ``saving / plain`` error ratio of one result."""
+    errors = result['errors'][precision]
+    ratios = [
+        error_ratio(s, p) for s, p in zip(errors['saving'], errors['plain'])
+    ]
+    worst = max(range(len(ratios)), key=ratios.__getitem__)
+    return dict(
+        max_ratio=ratios[worst],
+        tensor=result['names'][worst],
+        saving_error=errors['saving'][worst],
+        plain_error=errors['plain'][worst],
+        median_ratio=statistics.median(ratios),
+        above_2=sum(r > 2 for r in ratios),
+        tensors=len(ratios),
+        max_saving_error=max(errors['saving']),
+        max_plain_error=max(errors['plain']),
+    )
+
+
+def summary_table(results: Sequence[Dict]) -> str:
+    """One row per depth, gamma and precision (markdown)."""
+    lines = [
+        '| depth | gamma | precision | stored states | tensors | '
+        'max ratio | at tensor (memory-saving / plain error) | '
+        'tensors with ratio > 2 | median ratio | max error memory-saving | '
+        'max error plain |',
+        '|' + '---|' * 11,
+    ]
+    for result in results:
+        for precision in result['errors']:
+            s = ratio_summary(result, precision)
+            lines.append(
+                f'| {result["depth"]} | {result["gamma"]:g} | {precision} | '
+                f'{result["stored_states"][precision]} | {s["tensors"]} | '
+                f'{s["max_ratio"]:.2f} | `{s["tensor"]}` '
+                f'({s["saving_error"]:.2e} / {s["plain_error"]:.2e}) | '
+                f'{s["above_2"]} | {s["median_ratio"]:.3f} | '
+                f'{s["max_saving_error"]:.2e} | {s["max_plain_error"]:.2e} |'
+            )
+    return '\n'.join(lines) + '\n'
+
+
+def tensor_table(results: Sequence[Dict]) -> str:
+    """Every tensor of one depth: memory-saving / plain error per column."""
+    names = results[0]['names']
+    columns = [
+        (r, p) for r in results for p in r['errors'] if r['names'] == names
+    ]
+    header = ' | '.join(f'g={r["gamma"]:g} {p}' for r, p in columns)
+    lines = [
+        f'| tensor | {header} |',
+        '|' + '---|' * (len(columns) + 1),
+    ]
+    for i, name in enumerate(names):
+        cells = ' | '.join(
+            f'{r["errors"][p]["saving"][i]:.1e} / '
+            f'{r["errors"][p]["plain"][i]:.1e}'
+            for r, p in columns
+        )
+        lines.append(f'| `{name}` | {cells} |')
     return '\n'.join(lines) + '\n'

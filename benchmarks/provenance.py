@@ -94,6 +94,22 @@ RESULTS: Dict[str, Result] = {
         command='python -m benchmarks.drift --out docs/drift.md',
         sources=_CORE + ('benchmarks/drift.py',),
     ),
+    'precision': Result(
+        outputs=(
+            'docs/precision/precision_table.json',
+            'docs/precision/precision_table.md',
+            'docs/precision/tensors_depth50.md',
+            'docs/precision/tensors_depth101.md',
+            'docs/precision/tensors_depth152.md',
+        ),
+        command='python tools/analysis_tools/check_precision.py --table '
+        '--out-dir docs/precision',
+        sources=_MODELS
+        + (
+            'benchmarks/precision.py',
+            'tools/analysis_tools/check_precision.py',
+        ),
+    ),
     'demo': Result(
         outputs=(
             'docs/demo/summary.json',

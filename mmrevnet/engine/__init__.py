@@ -17,6 +17,7 @@ from .distributed import (
 from .hooks import (
     MRevNetCheckInvalidLossHook,
     MRevNetDriftHook,
+    MRevNetNonFiniteHook,
     momentum_stages,
 )
 from .plain_state import MRevNetPlainCheckpointHook
@@ -30,6 +31,7 @@ __all__ = [
     'load_runner_checkpoint',
     'runner_checkpoint_globals',
     'MRevNetDriftHook',
+    'MRevNetNonFiniteHook',
     'MRevNetCheckInvalidLossHook',
     'momentum_stages',
     'build_train_config',

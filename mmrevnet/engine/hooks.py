@@ -1,4 +1,5 @@
-"""Training hooks: reconstruction-drift monitor and a non-finite loss check."""
+"""Training hooks: non-finite detection, reconstruction-drift monitor and a
+non-finite loss check."""
 
 import math
 from typing import Dict, List, Optional
@@ -7,7 +8,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from mmrevnet.reversible import MomentumStage
+from mmrevnet.reversible import MomentumStage, check_finite
 
 
 def momentum_stages(model) -> Dict[str, MomentumStage]:
@@ -20,6 +21,44 @@ def momentum_stages(model) -> Dict[str, MomentumStage]:
         if isinstance(stage, MomentumStage):
             stages[name or stage.name] = stage
     return stages
+
+
+@HOOKS.register_module()
+class MRevNetNonFiniteHook(Hook):
+    """Stop training at the first non-finite value of a memory-saving stage.
+
+    Every memory-saving momentum stage records on the device where its
+    values stop being finite, in forward and in the reconstruction of the
+    backward (``check_finite=True``, the default of every stage; no host
+    synchronisation during the step). After each training iteration this
+    hook reads those records of the whole model at once, one small
+    device-to-host copy where mmengine has just read the loss for its log,
+    and raises a ``FloatingPointError`` naming the pass (forward or
+    reconstruction), the stage, the block and the iteration, before the
+    logger, the checkpoint hook or the next iteration run. Models without
+    memory-saving stages are left alone.
+
+    :class:`~mmrevnet.engine.MRevNetRunner` registers it unless the config
+    already does; ``custom_hooks=[dict(type='MRevNetNonFiniteHook')]``
+    adds it to mmengine's ``Runner``.
+    """
+
+    priority = 'ABOVE_NORMAL'
+
+    def before_train(self, runner) -> None:
+        model = runner.model
+        if is_model_wrapper(model):
+            model = model.module
+        self.model = model
+        # Whatever an earlier forward (outside this loop) recorded is not
+        # this run's.
+        for stage in momentum_stages(model).values():
+            stage.finite.clear()
+
+    def after_train_iter(
+        self, runner, batch_idx: int, data_batch=None, outputs=None
+    ) -> None:
+        check_finite(self.model, iteration=runner.iter + 1)
 
 
 @HOOKS.register_module()

@@ -17,6 +17,7 @@ from .checkpoint import (
     runner_checkpoint_globals,
 )
 from .distributed import cpu_model_wrapper_cfg, init_cpu_launcher_env
+from .hooks import MRevNetNonFiniteHook
 from .plain_state import MRevNetPlainCheckpointHook
 
 
@@ -72,7 +73,10 @@ class MRevNetRunner(Runner):
     It saves its checkpoints through
     :class:`~.plain_state.MRevNetPlainCheckpointHook`, so that
     ``torch.load(weights_only=True)`` (mmseg's and mmpretrain's tools)
-    opens them with torch's allowlist unchanged.
+    opens them with torch's allowlist unchanged. It also registers
+    :class:`~.hooks.MRevNetNonFiniteHook` (unless the config does), so a
+    NaN or Inf in a memory-saving stage stops training with the stage,
+    block and iteration named.
     """
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -130,6 +134,8 @@ class MRevNetRunner(Runner):
             isinstance(hook, MRevNetPlainCheckpointHook) for hook in self.hooks
         ):
             self.register_hook(MRevNetPlainCheckpointHook())
+        if not any(isinstance(h, MRevNetNonFiniteHook) for h in self.hooks):
+            self.register_hook(MRevNetNonFiniteHook())
 
     def load_checkpoint(self, filename, *args, **kwargs):
         with runner_checkpoint_globals(filename):

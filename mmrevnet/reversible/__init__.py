@@ -10,6 +10,7 @@ from .coupling import (
     inverse_velocity,
     state_anchor_interval,
 )
+from .finite import FiniteRecord, check_finite
 from .function import MomentumStageFunction, StageReport
 from .sequential import MomentumSequential
 from .stage import (
@@ -33,6 +34,8 @@ __all__ = [
     'stage_mode',
     'MomentumStageFunction',
     'StageReport',
+    'FiniteRecord',
+    'check_finite',
     'check_gamma',
     'checkpointed_call',
     'eager_under_compile',

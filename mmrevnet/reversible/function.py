@@ -24,7 +24,10 @@ parameters (a closure over another module's output or a free tensor)
 would silently lose that gradient: it is detected and refused.
 
 The Function takes its settings as plain arguments and makes no host
-synchronisation unless drift tracking (a debugging aid) is on.
+synchronisation unless drift tracking (a debugging aid) is on. It records
+where values stop being finite, in forward and in the reconstruction, in a
+device-side :class:`~.finite.FiniteRecord` that is read once per step (with
+drift tracking: at once, raising in the pass that met the value).
 """
 
 import contextlib
@@ -35,11 +38,17 @@ from torch import Tensor, nn
 
 from .coupling import (
     forward_step,
-    gamma_as_computed,
     inverse_position,
     inverse_position_,
     inverse_velocity,
     inverse_velocity_,
+)
+from .finite import (
+    FORWARD,
+    RECONSTRUCTION,
+    FiniteRecord,
+    merge_ranges,
+    value_range,
 )
 from .state import (
     AutocastState,
@@ -109,17 +118,25 @@ class MomentumStageFunction(torch.autograd.Function):
     """``x_T = stage(x_0, v_0)`` with a reconstructing backward.
 
     Call through :func:`momentum_stage_memory_saving`; ``apply`` takes
-    ``(settings, functions, layout, report, x, v0, *params)`` with
-    ``settings = (name, gamma, anchor_intervals, preserve_rng_state)``.
+    ``(settings, functions, layout, report, finite, x, v0, *params)`` with
+    ``settings = (name, gamma, anchor_intervals, preserve_rng_state,
+    first_state)``; ``first_state`` is the index of the input state in the
+    stage's :class:`~.finite.FiniteRecord` ``finite`` (None: no record).
     """
 
     @staticmethod
-    def forward(ctx, settings, functions, layout, report, x, v0, *params):
-        name, gamma, anchor_intervals, preserve_rng_state = settings
+    def forward(
+        ctx, settings, functions, layout, report, finite, x, v0, *params
+    ):
+        (name, gamma, anchor_intervals, preserve_rng_state, first_state) = (
+            settings
+        )
         ctx.name = name
         ctx.gamma = gamma
         ctx.preserve_rng_state = preserve_rng_state
         ctx.report = report
+        ctx.finite = finite
+        ctx.first_state = first_state
         ctx.functions = functions
         ctx.layout = layout
         ctx.num_params = len(params)
@@ -134,6 +151,11 @@ class MomentumStageFunction(torch.autograd.Function):
         v = torch.zeros_like(x) if v0 is None else v0
         v_start = v
         interval = anchor_intervals[int(ctx.autocast.low_precision)]
+        ranges = []
+        if finite is not None:
+            ranges.append(value_range(x))
+            if v0 is not None:
+                ranges[0] = merge_ranges(ranges[0], value_range(v0))
         with torch.no_grad():
             for step, function in enumerate(functions):
                 if interval and step and step % interval == 0:
@@ -144,6 +166,13 @@ class MomentumStageFunction(torch.autograd.Function):
                 if preserve_rng_state:
                     ctx.rng_states.append(RNGState(x))
                 x, v = forward_step(x, v, function(x), gamma)
+                if finite is not None:
+                    ranges.append(value_range(v))
+        if finite is not None:
+            ranges[-1] = merge_ranges(ranges[-1], value_range(x))
+            finite.add(FORWARD, first_state, ranges)
+            if report is not None:
+                finite.raise_if_nonfinite(name, FORWARD)
         saved = [x, v, *anchors]
         if report is not None:
             saved += [x_start, v_start]
@@ -171,8 +200,9 @@ class MomentumStageFunction(torch.autograd.Function):
         drift_reference = saved[2 + 2 * num_anchors :]
         del saved, anchor_states
         report = ctx.report
-        if report is not None:
-            _check_finite(ctx.name, 'forward output', x, v)
+        finite = ctx.finite
+        # Value range of each rebuilt state, by step.
+        rebuilt = [None] * len(ctx.functions) if finite is not None else None
         gamma = ctx.gamma
         params = ctx.params
         param_grads: List[Optional[Tensor]] = [None] * ctx.num_params
@@ -231,11 +261,16 @@ class MomentumStageFunction(torch.autograd.Function):
                 owns_v = step not in anchors or saved_are_ours
                 del old_v
             if cotangent is None:
-                g = gamma_as_computed(gamma, grad_x.dtype)
+                # The adjoint uses gamma itself, as autograd's derivative of
+                # the forward's lerp does (only the inverse divides by the
+                # rounded value the forward multiplied with): near gamma = 1
+                # the fp32 rounding of gamma changes 1 - gamma by up to 1%
+                # (0.999999: 1.3%), and the plain path's gradients, like
+                # float64's, carry the exact 1 - gamma.
                 if spare is not None and spare.dtype == grad_x.dtype:
-                    cotangent = torch.mul(grad_x, 1.0 - g, out=spare)
+                    cotangent = torch.mul(grad_x, 1.0 - gamma, out=spare)
                 else:
-                    cotangent = (1.0 - g) * grad_x
+                    cotangent = (1.0 - gamma) * grad_x
             else:
                 cotangent.lerp_(grad_x, 1.0 - gamma)
             spare = None
@@ -280,17 +315,21 @@ class MomentumStageFunction(torch.autograd.Function):
                 else:
                     v, owns_v = inverse_velocity(v, fx, gamma), True
             del fx
+            if rebuilt is not None:
+                rebuilt[step] = value_range(v)
+        if finite is not None:
+            finite.add(RECONSTRUCTION, ctx.first_state, rebuilt)
+            if report is not None:
+                finite.raise_if_nonfinite(ctx.name, RECONSTRUCTION)
         if report is not None:
-            _check_finite(ctx.name, 'reconstructed stage input', x, v)
             x_true, v_true = drift_reference
             report.position_drift = _relative_max_error(x, x_true)
             report.velocity_drift = _relative_max_error(v, v_true, floor=1.0)
         grad_v0 = None
-        if ctx.has_v0 and ctx.needs_input_grad[5] and cotangent is not None:
-            g = gamma_as_computed(gamma, cotangent.dtype)
-            grad_v0 = cotangent.mul_(g / (1.0 - g))
-        grad_x0 = grad_x if ctx.needs_input_grad[4] else None
-        return (None, None, None, None, grad_x0, grad_v0, *param_grads)
+        if ctx.has_v0 and ctx.needs_input_grad[6] and cotangent is not None:
+            grad_v0 = cotangent.mul_(gamma / (1.0 - gamma))
+        grad_x0 = grad_x if ctx.needs_input_grad[5] else None
+        return (None, None, None, None, None, grad_x0, grad_v0, *param_grads)
 
 
 def _graph_kept() -> bool:
@@ -377,32 +416,13 @@ def _raise_closed_over(name: str, step: int, tensor: Tensor) -> None:
     )
 
 
-def _check_finite(name: str, what: str, x: Tensor, v: Tensor) -> None:
-    if not (torch.isfinite(x).all() and torch.isfinite(v).all()):
-        if what == 'forward output':
-            cause = (
-                'the forward pass of the stage already produced '
-                'non-finite values (non-finite input, or overflow '
-                'inside a residual function)'
-            )
-        else:
-            cause = (
-                'the reconstruction diverged; gamma is too small for '
-                'the number of blocks, or a residual function '
-                'overflowed when evaluated again'
-            )
-        raise FloatingPointError(
-            f'Momentum stage {name!r}: non-finite {what} in the '
-            f'memory-saving backward: {cause}.'
-        )
-
-
 def momentum_stage_memory_saving(
     config,
     functions: Sequence[nn.Module],
     x: Tensor,
     v0: Optional[Tensor],
     report: Optional[StageReport] = None,
+    finite: Optional[FiniteRecord] = None,
 ) -> Tensor:
     """Run ``functions`` through :class:`MomentumStageFunction`.
 
@@ -412,8 +432,11 @@ def momentum_stage_memory_saving(
         x (Tensor): Stage input.
         v0 (Tensor, optional): Initial velocity (zero when None).
         report (StageReport, optional): Where the backward writes the
-            measured drift; also turns on the non-finite checks (host
-            synchronisations). Defaults to None.
+            measured drift; also makes the non-finite checks raise at
+            once (host synchronisations). Defaults to None.
+        finite (FiniteRecord, optional): Where forward and reconstruction
+            record non-finite states; ``functions[0]`` is function
+            ``config.stored_blocks`` of the stage. Defaults to None.
     """
     params, layout = _parameter_layout(functions)
     settings = (
@@ -421,7 +444,8 @@ def momentum_stage_memory_saving(
         config.gamma,
         (config.anchor_interval, config.low_precision_anchor_interval),
         config.preserve_rng_state,
+        config.stored_blocks,
     )
     return MomentumStageFunction.apply(
-        settings, list(functions), layout, report, x, v0, *params
+        settings, list(functions), layout, report, finite, x, v0, *params
     )

@@ -33,6 +33,7 @@ from .coupling import (
     forward_step,
     state_anchor_interval,
 )
+from .finite import FORWARD, FiniteRecord, merge_ranges, value_range
 from .function import StageReport, momentum_stage_memory_saving
 from .state import (
     autocast_active,
@@ -102,14 +103,21 @@ class StageConfig:
         name (str): Name used in warnings and errors. Defaults to 'stage'.
         max_amplification (float): Largest rounding-error growth accepted
             between two stored states (see :mod:`.coupling`).
-            Defaults to 2**8.
+            Defaults to 12.
         preserve_rng_state (bool): Replay random numbers in the
             recomputation. Defaults to True.
         track_drift (bool): Keep the true stage input, measure in every
             backward how far its reconstruction drifted, and check the
             reconstruction for non-finite values (two stored tensors and
             four host synchronisations per stage and backward: a debugging
-            aid, off on the training hot path). Defaults to False.
+            aid, off on the training hot path). With it, a non-finite value
+            raises at once, in the pass that met it. Defaults to False.
+        check_finite (bool): In memory-saving training, record on the
+            device where values stop being finite, in forward and in the
+            reconstruction (one reduction per function and pass, no host
+            synchronisation; read by :func:`~.finite.check_finite`, which
+            mmrevnet's runner calls after every iteration). Defaults to
+            True.
         stored_blocks (int): In the ``'reversible'`` mode, how many
             functions, from the start of the stage, keep their activations
             (plain autograd, no recomputation); the rest are reversed. The
@@ -126,6 +134,7 @@ class StageConfig:
     max_amplification: float = DEFAULT_MAX_AMPLIFICATION
     preserve_rng_state: bool = True
     track_drift: bool = False
+    check_finite: bool = True
     stored_blocks: int = 0
     #: Blocks between stored states in fp32/fp64 (0: none). Derived.
     anchor_interval: int = dataclasses.field(init=False)
@@ -157,6 +166,7 @@ class StageConfig:
             )
         _check_flag('preserve_rng_state', self.preserve_rng_state)
         _check_flag('track_drift', self.track_drift)
+        _check_flag('check_finite', self.check_finite)
         kept = self.stored_blocks
         if (
             isinstance(kept, bool)
@@ -312,6 +322,7 @@ class MomentumStage:
             **kwargs,
         )
         self.report = StageReport()
+        self.finite = FiniteRecord(self._config.num_functions)
 
     @classmethod
     def from_config(cls, config: StageConfig) -> 'MomentumStage':
@@ -319,6 +330,7 @@ class MomentumStage:
         stage = cls.__new__(cls)
         stage._config = config
         stage.report = StageReport()
+        stage.finite = FiniteRecord(config.num_functions)
         return stage
 
     @property
@@ -333,6 +345,8 @@ class MomentumStage:
             StageConfig: The new settings.
         """
         self._config = self._config.replace(**changes)
+        if self.finite.num_functions != self._config.num_functions:
+            self.finite = FiniteRecord(self._config.num_functions)
         return self._config
 
     # Read-only views of the config, for callers that read one setting.
@@ -391,17 +405,33 @@ class MomentumStage:
             )
         if self.uses_memory_saving(functions, x, v0, training):
             kept = config.stored_blocks
+            finite = (
+                self.finite
+                if config.check_finite or config.track_drift
+                else None
+            )
             if kept:
                 # The kept functions run under plain autograd; the reversed
                 # rest starts from their state, its velocity an input.
-                x, v0 = self._plain(functions[:kept], x, v0, keep_v=True)
+                x, v0 = self._plain(
+                    functions[:kept], x, v0, keep_v=True, finite=finite
+                )
             if kept == len(functions):
                 return x
             report = self.report if config.track_drift else None
-            return _reversible_call(config, functions[kept:], x, v0, report)
+            return _reversible_call(
+                config, functions[kept:], x, v0, report, finite
+            )
         return self._plain(functions, x, v0)
 
-    def _plain(self, functions, x, v0, keep_v: bool = False):
+    def _plain(
+        self,
+        functions,
+        x,
+        v0,
+        keep_v: bool = False,
+        finite: Optional[FiniteRecord] = None,
+    ):
         gamma = self._config.gamma
         v = torch.zeros_like(x) if v0 is None else v0
         checkpoint = (
@@ -409,7 +439,17 @@ class MomentumStage:
             and torch.is_grad_enabled()
             and x.requires_grad
         )
+        ranges = []
+        if finite is not None:
+            ranges.append(merge_ranges(value_range(x), value_range(v)))
         for function in functions:
             fx = checkpointed_call(function, x) if checkpoint else function(x)
             x, v = forward_step(x, v, fx, gamma)
+            if finite is not None:
+                ranges.append(value_range(v))
+        if finite is not None:
+            ranges[-1] = merge_ranges(ranges[-1], value_range(x))
+            finite.add(FORWARD, 0, ranges)
+            if self._config.track_drift:
+                finite.raise_if_nonfinite(self._config.name, FORWARD)
         return (x, v) if keep_v else x

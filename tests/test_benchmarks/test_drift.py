@@ -25,8 +25,8 @@ def test_rows_and_values():
         assert row['grad_norm_error'] < 1e-12
         assert row['param_grad_error'] < 1e-10
         assert row['plain_param_grad_error'] is None
-    # (1/0.5)**9 = 512 > 256: one stored state.
-    assert rows[3]['stored_states'] == 1
+    # (1/0.5)**9 = 512 > 12: a state every 3 blocks, two stored.
+    assert rows[3]['stored_states'] == 2
     assert rows[3]['amplification'] == pytest.approx(2.0**9)
 
 

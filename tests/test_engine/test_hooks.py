@@ -3,14 +3,19 @@
 import logging
 
 import pytest
+import torch
+from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 
 from mmrevnet.datasets.synthetic import generate_cityscapes
 from mmrevnet.engine import (
     MRevNetCheckInvalidLossHook,
     MRevNetDriftHook,
+    MRevNetNonFiniteHook,
     build_train_config,
 )
+from mmrevnet.models import MRevNetV1c
+from mmrevnet.reversible import check_finite
 
 DEMO = (
     'configs/demo/pspnet_mrevnet34-d8_1xb8-300iter_synthetic-cityscapes-'
@@ -116,3 +121,108 @@ def test_invalid_loss_hook_stops_training(data_root, tmp_path):
     runner.register_hook(MRevNetCheckInvalidLossHook())
     with pytest.raises(FloatingPointError, match='loss became'):
         runner.train()
+
+
+# -- non-finite detection (on by default) -----------------------------------
+
+
+def _narrow_backbone(**kwargs):
+    torch.manual_seed(0)
+    model = MRevNetV1c(
+        depth=50,
+        base_channels=8,
+        stem_channels=8,
+        zero_init_residual=False,
+        **kwargs,
+    )
+    return model.train()
+
+
+def _backbone_step(model, x, autocast_dtype=None):
+    with torch.autocast(
+        'cpu',
+        dtype=autocast_dtype or torch.bfloat16,
+        enabled=autocast_dtype is not None,
+    ):
+        outs = model(x)
+    sum(o.float().square().mean() for o in outs).backward()
+
+
+@pytest.mark.parametrize('layer', ['layer1', 'layer2', 'layer3', 'layer4'])
+def test_nan_weight_of_each_stage_is_named(layer):
+    model = _narrow_backbone()
+    block = getattr(model, layer)[2]  # a momentum block (function 1)
+    with torch.no_grad():
+        # The centre tap: layer4 runs at 1x1, where the others only meet
+        # the zero padding.
+        block.conv2.weight[0, 0, 1, 1] = float('nan')
+    _backbone_step(model, torch.randn(2, 3, 32, 32))
+    with pytest.raises(FloatingPointError) as info:
+        check_finite(model, iteration=5)
+    text = str(info.value)
+    assert 'forward pass at iteration 5' in text
+    assert f"stage {layer!r}, at the output of block '{layer}.2'" in text
+
+
+def test_nan_in_transition_block_is_named_as_the_stage_input():
+    model = _narrow_backbone()
+    with torch.no_grad():
+        model.layer3[0].conv1.weight[0, 0, 0, 0] = float('nan')
+    _backbone_step(model, torch.randn(2, 3, 32, 32))
+    with pytest.raises(FloatingPointError, match="'layer3', at the stage in"):
+        check_finite(model)
+
+
+def test_fp16_overflow_is_named():
+    """CPU fp16 autocast: a block whose convolution exceeds 65504 gives Inf
+    there; in fp32 the same weights stay finite (BN renormalises)."""
+    model = _narrow_backbone()
+    with torch.no_grad():
+        model.layer3[3].conv1.weight.mul_(1e5)
+    x = torch.randn(2, 3, 32, 32)
+    _backbone_step(model, x)
+    check_finite(model)  # fp32: finite
+    _backbone_step(model, x, autocast_dtype=torch.float16)
+    with pytest.raises(FloatingPointError, match="block 'layer3.3'"):
+        check_finite(model)
+
+
+class _PoisonWeight(Hook):
+    """Puts a NaN into one backbone weight before iteration ``at``."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter + 1 == self.at:
+            with torch.no_grad():
+                weight = runner.model.backbone.layer3[1].conv1.weight
+                weight[0, 0, 0, 0] = float('nan')
+
+
+@pytest.mark.slow
+def test_runner_stops_at_the_first_non_finite_iteration(data_root, tmp_path):
+    """MRevNetRunner registers MRevNetNonFiniteHook by default."""
+    runner = _runner(data_root, tmp_path)
+    assert type(runner).__name__ == 'MRevNetRunner'
+    hooks = [h for h in runner.hooks if isinstance(h, MRevNetNonFiniteHook)]
+    assert len(hooks) == 1
+    runner.register_hook(_PoisonWeight(at=3))
+    with pytest.raises(FloatingPointError) as info:
+        runner.train()
+    text = str(info.value)
+    assert 'forward pass at iteration 3' in text
+    assert "stage 'backbone.layer3', at the output of block " in text
+    assert "'backbone.layer3.1'" in text
+    assert runner.iter == 2  # stopped in iteration 3, before it counted
+
+
+def test_runner_does_not_add_a_second_hook(data_root, tmp_path):
+    runner = _runner(
+        data_root,
+        tmp_path,
+        None,
+        custom_hooks=[dict(type='MRevNetNonFiniteHook')],
+    )
+    hooks = [h for h in runner.hooks if isinstance(h, MRevNetNonFiniteHook)]
+    assert len(hooks) == 1

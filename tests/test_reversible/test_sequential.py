@@ -191,9 +191,14 @@ def test_gamma_too_small_for_very_deep_stage():
 def test_stored_states_warning_and_count():
     with pytest.warns(UserWarning, match='layer3'):
         stage = MomentumStage(35, gamma=0.5, name='layer3')
-    assert stage.anchor_interval == 8
-    assert stage.num_stored_states == 4
-    assert MomentumStage(35, gamma=0.9).num_stored_states == 0
+    # (1/0.5)**3 = 8 <= 12 < 16: a state every 3 blocks.
+    assert stage.anchor_interval == 3
+    assert stage.num_stored_states == 11
+    # gamma 0.9: every ResNet-50/101 stage (up to 22 momentum blocks)
+    # stores nothing, ResNet-152's 35-block stage one state.
+    assert MomentumStage(22, gamma=0.9).num_stored_states == 0
+    with pytest.warns(UserWarning, match='storing 1 intermediate'):
+        assert MomentumStage(35, gamma=0.9).num_stored_states == 1
 
 
 def test_wrong_number_of_functions():

@@ -87,8 +87,8 @@ def test_switching_to_memory_saving_plans_stored_states():
     assert stage.anchor_interval == 0
     with pytest.warns(UserWarning, match='intermediate state'):
         stage.configure(memory_saving=True)
-    assert stage.anchor_interval == 8
-    assert stage.num_stored_states == 2
+    assert stage.anchor_interval == 3
+    assert stage.num_stored_states == 6
 
 
 def test_configure_track_drift_keeps_other_settings():
@@ -309,6 +309,6 @@ def test_plan_is_validated_and_shortens_stored_states():
         StageConfig(5, stored_blocks=6)
     with pytest.warns(UserWarning, match='intermediate state'):
         full = StageConfig(20, gamma=0.5)
-    # Only the 4 reversed functions divide by gamma: no stored state.
-    short = full.replace(stored_blocks=16)
-    assert short.num_reversed == 4 and short.anchor_interval == 0
+    # Only the 3 reversed functions divide by gamma: no stored state.
+    short = full.replace(stored_blocks=17)
+    assert short.num_reversed == 3 and short.anchor_interval == 0

@@ -136,7 +136,7 @@ class MRevNet(ResNet):
         max_amplification (float, optional): Largest growth of rounding
             errors accepted between two stored states of a stage; smaller
             gamma or deeper stages store intermediate states to stay below
-            it (see ``mmrevnet.reversible.coupling``). None uses 2**8.
+            it (see ``mmrevnet.reversible.coupling``). None uses 12.
             Defaults to None.
         stored_blocks (Sequence[int], optional): The memory plan of
             ``memory_saving=True``: per stage, how many blocks from its

@@ -35,7 +35,9 @@ def test_activation_memory_ratios_d8():
 
     Measured here: ResNetV1c-101-D8 plain 449.6 MiB, with_cp 155.8 MiB,
     MRevNetV1c-101-D8 37.75 MiB (the floor: image, stem output and x_T, v_T
-    per stage), identical at depths 50 and 152.
+    per stage), identical at depth 50; depth 152 adds the one state
+    (x_t, v_t) its 35-block layer3 stores at gamma 0.9 (two tensors of
+    2x1024x16x32 fp32, 8 MiB; see docs/numerics.md).
     """
     torch.manual_seed(0)
     x = torch.randn(2, 3, 128, 256)
@@ -43,13 +45,17 @@ def test_activation_memory_ratios_d8():
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)  # reentrant cp warning
         with_cp = _activation_mib(ResNetV1c(depth=101, with_cp=True, **D8), x)
-    mrev = {
-        depth: _activation_mib(MRevNetV1c(depth=depth, **D8), x)
-        for depth in (50, 101, 152)
-    }
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # 152: a stored state
+        mrev = {
+            depth: _activation_mib(MRevNetV1c(depth=depth, **D8), x)
+            for depth in (50, 101, 152)
+        }
     assert mrev[101] <= 0.09 * plain, (mrev[101], plain)
     assert mrev[101] <= 0.26 * with_cp, (mrev[101], with_cp)
-    assert mrev[152] <= 1.05 * mrev[50], mrev
+    assert mrev[101] == mrev[50], mrev
+    stored_state_mib = 2 * (2 * 1024 * 16 * 32 * 4) / 2**20
+    assert mrev[152] == pytest.approx(mrev[50] + stored_state_mib), mrev
     # The memory_saving=False path keeps everything, like a plain ResNet.
     full = _activation_mib(MRevNetV1c(depth=101, memory_saving=False, **D8), x)
     assert full >= 0.9 * plain, (full, plain)
@@ -501,10 +507,10 @@ def test_non_finite_input_is_reported_naming_the_stage(value):
     model.train()
     x = torch.randn(2, 3, 32, 32)
     x[0, 0, 0, 0] = value
-    outs = model(x)
-    # Backward meets the last stage first; the NaN reached every stage.
-    with pytest.raises(FloatingPointError, match="stage 'layer4'.*non-fin"):
-        sum(o.sum() for o in outs).backward()
+    # Raised in the forward of the first stage the value reached, though
+    # it then reaches every stage (the backward would meet layer4 first).
+    with pytest.raises(FloatingPointError, match="stage 'layer1'.*input"):
+        model(x)
 
 
 def test_max_amplification_argument():
