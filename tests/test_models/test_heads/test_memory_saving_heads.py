@@ -398,3 +398,37 @@ def test_benchmark_variants_enable_the_heads():
         assert is_memory_saving(model.auxiliary_head)
         head_forward = model.decode_head.__dict__.get('forward')
         assert (head_forward is not None) == (granularity == 'head')
+
+
+# -- concat-free bottlenecks and banded losses (the default) ---------------
+@pytest.mark.parametrize('name', ['pspnet', 'deeplabv3', 'upernet'])
+def test_default_segmentor_matches_mmseg(name):
+    """``MRevNetEncoderDecoder`` with its defaults (recomputed heads,
+    concat-free bottlenecks, banded losses) against mmseg's own
+    ``EncoderDecoder`` with the same weights: loss, accuracy, every
+    gradient and BN buffer, two steps, dropout on."""
+    plain = _build(name)
+    saving = _build(name, type='MRevNetEncoderDecoder')
+    saving.load_state_dict(plain.state_dict())
+    assert type(plain).__name__ == 'EncoderDecoder'
+    assert 'loss_by_feat' in saving.decode_head.__dict__
+    assert 'loss_by_feat' in saving.auxiliary_head.__dict__
+    assert '_forward_feature' in saving.decode_head.__dict__
+    for _ in range(2):
+        inputs, samples = _batch()
+        results = []
+        for model in (plain, saving):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(123)
+            losses = model.loss(inputs, samples)
+            sum(v for k, v in losses.items() if 'loss' in k).backward()
+            results.append(losses)
+        assert list(results[0]) == list(results[1])
+        for key in results[0]:
+            torch.testing.assert_close(
+                results[1][key], results[0][key], rtol=RTOL, atol=ATOL
+            )
+        _assert_same(plain, saving)
+    for module in saving.modules():
+        if isinstance(module, _BatchNorm):
+            assert int(module.num_batches_tracked) == 2
