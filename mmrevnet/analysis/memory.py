@@ -357,29 +357,35 @@ def _site(event, module_of_sequence: Dict[int, str]) -> Tuple[str, str, str]:
     """``(op, phase, module)`` of an allocation event (see LiveTensor)."""
     from torch._C._profiler import _EventType
 
-    op, phase, module = '', 'forward', None
+    op, phase, module = '', 'forward', ''
+    boundary = False  # passed the innermost module range or backward node
     node = event.parent
     while node is not None:
         name = node.name
         if node.typed[0] == _EventType.TorchOp:
             if name.startswith(_BACKWARD):
-                if module is None:
-                    # The innermost boundary is a backward node: the module
-                    # is the one whose forward recorded its operator.
+                if not boundary:
+                    op, phase = name[len(_BACKWARD) :], 'backward'
+                elif phase == 'forward':
+                    phase = 'recompute'
+                boundary = True
+                if not module:
+                    # The module whose forward recorded this node's
+                    # operator; code outside modules (a head's own
+                    # forward run again by its recomputation) takes the
+                    # module of the enclosing backward node.
                     sequence = node.typed[1].sequence_number
                     module = module_of_sequence.get(sequence, '')
-                    op = name[len(_BACKWARD) :]
-                    phase = 'backward'
-                else:
-                    phase = 'recompute'
-                break
-            if name.startswith(_SCOPE):
-                if module is None:
+                if module and phase != 'forward':
+                    break
+            elif name.startswith(_SCOPE):
+                boundary = True
+                if not module:
                     module = name[len(_SCOPE) :]
-            elif module is None:
+            elif not boundary:
                 op = name
         node = node.parent
-    return op, phase, module or ''
+    return op, phase, module
 
 
 def _allocation_events(

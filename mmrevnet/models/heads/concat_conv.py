@@ -7,7 +7,8 @@ bottleneck, DeepLabV3's ASPP bottleneck and UPerNet's ``fpn_bottleneck``
 are such convolutions; their concatenations (and the gradients of them,
 and the convolution's full-width temporaries in the backward) are the
 largest tensors of those heads. :func:`concat_conv` computes the sum slice
-by slice, so at most one slice's input and gradient exist at a time; an
+by slice (at most :data:`SLICE_CHANNELS` input channels at a time), so at
+most one slice's input, weight and their gradients exist at a time; an
 input that the head would upsample bilinearly before concatenating (the
 pooled pyramid levels, ASPP's image pool, UPerNet's coarser FPN levels) is
 passed at its own resolution and upsampled inside, one at a time, in the
@@ -47,6 +48,20 @@ def _upsample(x: Tensor, size, align_corners) -> Tensor:
     )
 
 
+#: Widest slice of input channels convolved at once: bounds the weight
+#: slice, its gradient and the input slice that exist together.
+SLICE_CHANNELS = 512
+
+
+def _slices(width: int, start: int):
+    """``(first, stop)`` channel ranges of one part, at most
+    :data:`SLICE_CHANNELS` wide, offset by ``start`` in the weight."""
+    return [
+        (c, min(c + SLICE_CHANNELS, width), start + c)
+        for c in range(0, width, SLICE_CHANNELS)
+    ]
+
+
 class _ConcatConvFunction(torch.autograd.Function):
     """``conv2d(cat(parts), weight, bias)`` slice by slice.
 
@@ -60,23 +75,22 @@ class _ConcatConvFunction(torch.autograd.Function):
         stride, padding, dilation = settings
         out = None
         offset = 0
-        slices = []
         with torch.no_grad():
             for part, resize in zip(parts, resizes):
                 x = part if resize is None else _upsample(part, *resize)
-                width = x.shape[1]
-                slices.append((offset, offset + width))
-                y = F.conv2d(
-                    x,
-                    weight[:, offset : offset + width],
-                    None,
-                    stride,
-                    padding,
-                    dilation,
-                )
+                for first, stop, column in _slices(x.shape[1], offset):
+                    y = F.conv2d(
+                        x[:, first:stop],
+                        weight[:, column : column + stop - first],
+                        None,
+                        stride,
+                        padding,
+                        dilation,
+                    )
+                    out = y if out is None else out.add_(y)
+                    del y
+                offset += x.shape[1]
                 del x
-                out = y if out is None else out.add_(y)
-                offset += width
             if offset != weight.shape[1]:
                 raise ValueError(
                     f'concat_conv: the parts have {offset} channels, the '
@@ -84,7 +98,7 @@ class _ConcatConvFunction(torch.autograd.Function):
                 )
             if bias is not None:
                 out.add_(bias.to(out.dtype).view(1, -1, 1, 1))
-        ctx.settings, ctx.resizes, ctx.slices = settings, resizes, slices
+        ctx.settings, ctx.resizes = settings, resizes
         ctx.compute_dtype = out.dtype
         ctx.has_bias = bias is not None
         ctx.save_for_backward(weight, *parts)
@@ -100,32 +114,42 @@ class _ConcatConvFunction(torch.autograd.Function):
         grad_out = grad_out.to(dtype)
         grad_weight = torch.empty_like(weight) if need_weight else None
         grad_parts: List[Optional[Tensor]] = []
-        for index, (part, resize, (start, stop)) in enumerate(
-            zip(parts, ctx.resizes, ctx.slices)
-        ):
+        offset = 0
+        for index, (part, resize) in enumerate(zip(parts, ctx.resizes)):
             need_part = needs[4 + index]
+            width = part.shape[1]
             if not (need_part or need_weight):
                 grad_parts.append(None)
+                offset += width
                 continue
             with torch.enable_grad():
                 leaf = part.detach().requires_grad_(need_part)
                 x = leaf if resize is None else _upsample(leaf, *resize)
-            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-                grad_out,
-                x.detach().to(dtype),
-                weight[:, start:stop].to(dtype),
-                None,
-                list(stride),
-                list(padding),
-                list(dilation),
-                False,
-                [0, 0],
-                1,
-                [need_part, need_weight, False],
-            )
-            if need_weight:
-                grad_weight[:, start:stop].copy_(grad_w)
-            del grad_w
+            grad_x = torch.empty_like(x, dtype=dtype) if need_part else None
+            for first, stop, column in _slices(width, offset):
+                grad_slice, grad_w, _ = torch.ops.aten.convolution_backward(
+                    grad_out,
+                    x.detach()[:, first:stop].to(dtype),
+                    weight[:, column : column + stop - first]
+                    .to(dtype)
+                    .contiguous(),
+                    None,
+                    list(stride),
+                    list(padding),
+                    list(dilation),
+                    False,
+                    [0, 0],
+                    1,
+                    [need_part, need_weight, False],
+                )
+                if need_weight:
+                    grad_weight[:, column : column + stop - first].copy_(
+                        grad_w
+                    )
+                if need_part:
+                    grad_x[:, first:stop].copy_(grad_slice)
+                del grad_slice, grad_w
+            offset += width
             grad_part = None
             if need_part:
                 grad_x = grad_x.to(x.dtype)
