@@ -125,8 +125,11 @@ class _ConcatConvFunction(torch.autograd.Function):
             with torch.enable_grad():
                 leaf = part.detach().requires_grad_(need_part)
                 x = leaf if resize is None else _upsample(leaf, *resize)
-            grad_x = torch.empty_like(x, dtype=dtype) if need_part else None
-            for first, stop, column in _slices(width, offset):
+            slices = _slices(width, offset)
+            grad_x = None
+            if need_part and len(slices) > 1:
+                grad_x = torch.empty_like(x, dtype=dtype)
+            for first, stop, column in slices:
                 grad_slice, grad_w, _ = torch.ops.aten.convolution_backward(
                     grad_out,
                     x.detach()[:, first:stop].to(dtype),
@@ -146,7 +149,9 @@ class _ConcatConvFunction(torch.autograd.Function):
                     grad_weight[:, column : column + stop - first].copy_(
                         grad_w
                     )
-                if need_part:
+                if need_part and grad_x is None:
+                    grad_x = grad_slice  # the part is one slice
+                elif need_part:
                     grad_x[:, first:stop].copy_(grad_slice)
                 del grad_slice, grad_w
             offset += width
@@ -235,7 +240,9 @@ def _psp_forward_feature(head, inputs):
 def _aspp_forward_feature(head, inputs):
     x = head._transform_inputs(inputs)
     parts = [(head.image_pool(x), x.shape[2:], head.align_corners)]
-    parts += head.aspp_modules(x)
+    # The dilated branches too, by input-channel slices: the CPU's dilated
+    # convolution backward unfolds its whole input (9 x 2048 channels).
+    parts += [_conv_module(module, [x]) for module in head.aspp_modules]
     return _conv_module(head.bottleneck, parts)
 
 
@@ -274,7 +281,8 @@ def _replacements(head) -> Optional[dict]:
     if kind is PSPHead:
         return dict(_forward_feature=_psp_forward_feature), [head.bottleneck]
     if kind is ASPPHead:
-        return dict(_forward_feature=_aspp_forward_feature), [head.bottleneck]
+        methods = dict(_forward_feature=_aspp_forward_feature)
+        return methods, [head.bottleneck, *head.aspp_modules]
     if kind is UPerHead:
         methods = dict(
             _forward_feature=_uper_forward_feature,
