@@ -36,8 +36,20 @@ def _heads(segmentor: nn.Module) -> List[nn.Module]:
     return heads
 
 
+def nested_units(head: nn.Module) -> List[nn.Module]:
+    """Submodules of ``head`` worth recomputing separately inside the
+    head's recomputation: for mmseg's ``UPerHead`` the FPN's lateral and
+    output convolutions (at 1/4 resolution, their activations are the
+    largest of the head's backward); none for other heads."""
+    from mmseg.models.decode_heads import UPerHead
+
+    if type(head) is UPerHead:
+        return [*head.lateral_convs, *head.fpn_convs]
+    return []
+
+
 def enable_memory_saving_heads(
-    segmentor: nn.Module, granularity: str = 'head'
+    segmentor: nn.Module, granularity: str = 'head', nested: bool = False
 ) -> List[nn.Module]:
     """Make the decode and auxiliary heads of ``segmentor`` memory-saving.
 
@@ -50,13 +62,17 @@ def enable_memory_saving_heads(
         granularity (str): See
             :func:`~mmrevnet.models.heads.enable_memory_saving`.
             Defaults to ``'head'``.
+        nested (bool): With ``'head'``, also recompute
+            :func:`nested_units` separately inside each head.
+            Defaults to False.
 
     Returns:
         list[nn.Module]: The heads made memory-saving.
     """
     heads = _heads(segmentor)
     for head in heads:
-        enable_memory_saving(head, granularity)
+        inner = nested_units(head) if nested and granularity == 'head' else ()
+        enable_memory_saving(head, granularity, nested=inner)
     return heads
 
 
@@ -84,7 +100,9 @@ class MRevNetEncoderDecoder(EncoderDecoder):
         concat_free (bool): Compute the bottleneck convolutions of
             ``PSPHead``, ``ASPPHead`` and ``UPerHead`` without their
             concatenation (:mod:`~mmrevnet.models.heads.concat_conv`;
-            other heads are unchanged). Defaults to True.
+            other heads are unchanged), and with ``'head'`` recompute
+            ``UPerHead``'s FPN convolutions separately inside the head's
+            recomputation (:func:`nested_units`). Defaults to True.
         loss_bands (int, optional): Compute each head's cross-entropy and
             accuracy on the upsampled logits in this many row bands
             (:mod:`~mmrevnet.models.heads.banded_loss`; heads with other
@@ -133,4 +151,6 @@ class MRevNetEncoderDecoder(EncoderDecoder):
             if loss_bands is not None:
                 enable_banded_loss(head, loss_bands)
         if memory_saving_heads is not None:
-            enable_memory_saving_heads(self, memory_saving_heads)
+            enable_memory_saving_heads(
+                self, memory_saving_heads, nested=concat_free
+            )

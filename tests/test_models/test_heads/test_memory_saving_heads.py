@@ -392,12 +392,17 @@ def test_benchmark_variants_enable_the_heads():
     )
 
     for variant, (_, granularity) in HEAD_VARIANTS.items():
+        if granularity not in ('head', 'module', 'segmentor'):
+            continue
         model = build_benchmark_model(variant, 50, 'upernet')
         assert type(model.backbone).__name__ == 'MRevNetV1c'
         assert is_memory_saving(model.decode_head)
         assert is_memory_saving(model.auxiliary_head)
         head_forward = model.decode_head.__dict__.get('forward')
-        assert (head_forward is not None) == (granularity == 'head')
+        assert (head_forward is not None) == (granularity != 'module')
+        assert isinstance(model, MRevNetEncoderDecoder) == (
+            granularity == 'segmentor'
+        )
 
 
 # -- concat-free bottlenecks and banded losses (the default) ---------------
