@@ -106,6 +106,13 @@ def parse_args():
     )
     parser.add_argument('--rows-out', help=argparse.SUPPRESS)
     parser.add_argument(
+        '--rows-in',
+        nargs='+',
+        metavar='JSON',
+        help='write the outputs from the rows of groups measured separately '
+        '(files written by --in-process --rows-out) instead of measuring',
+    )
+    parser.add_argument(
         '--quick',
         action='store_true',
         help='depth 50, backbone and PSPNet, 64x128, 1 timed step (CI)',
@@ -127,6 +134,13 @@ def main():
         args.trace = True
         if 'backbone' in args.heads:
             args.heads = [h for h in args.heads if h != 'backbone']
+    if args.rows_in:
+        rows = []
+        for name in args.rows_in:
+            with open(name) as f:
+                rows += json.load(f)
+        _write_outputs(args, rows)
+        return
     if args.quick:
         args.depths, args.size = [50], [64, 128]
         args.repeats, args.warmup = 1, 0

@@ -2,10 +2,15 @@
 # The whole-segmentor step-peak grid on the CPU (docs/benchmark/segmentor.md):
 # mmseg's PSPNet, DeepLabV3 and UPerNet configs with only the backbone
 # swapped, depth 50, Cityscapes-like (19 classes, 256x512, batch 2) and
-# ADE20K-like (150 classes, 256x256, batch 4; PSPNet).
+# ADE20K-like (150 classes, 256x256, batch 4; PSPNet). Each model is one
+# group measured in its own process (the groups may run concurrently), then
+# the rows are written out together.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PYTHON=${PYTHON:-python}
+TOOL=tools/analysis_tools/benchmark_memory.py
+ROWS=work_dirs/segmentor_rows
+mkdir -p "$ROWS"
 VARIANTS=(
     ResNetV1c
     "ResNetV1c (with_cp)"
@@ -14,11 +19,19 @@ VARIANTS=(
     "MRevNetV1c + memory-saving heads"
     "MRevNetV1c + MRevNetEncoderDecoder"
 )
-"$PYTHON" tools/analysis_tools/benchmark_memory.py --segmentor --depths 50 \
-    --heads pspnet deeplabv3 upernet --size 256 512 --batch-size 2 \
-    --warmup 0 --repeats 3 --variants "${VARIANTS[@]}" \
-    --out-dir docs/benchmark/segmentor_cityscapes
-"$PYTHON" tools/analysis_tools/benchmark_memory.py --segmentor --depths 50 \
-    --heads pspnet --size 256 256 --batch-size 4 --num-classes 150 \
-    --warmup 0 --repeats 3 --variants "${VARIANTS[@]}" \
+COMMON=(--segmentor --in-process --depths 50 --warmup 0 --repeats 3
+    --variants "${VARIANTS[@]}")
+CITYSCAPES=(--size 256 512 --batch-size 2 --num-classes 19)
+ADE20K=(--size 256 256 --batch-size 4 --num-classes 150)
+# Step times of PSPNet only: the shared CPU had no time for the others.
+"$PYTHON" "$TOOL" "${COMMON[@]}" "${CITYSCAPES[@]}" --heads pspnet \
+    --rows-out "$ROWS/cityscapes_pspnet.json"
+for head in deeplabv3 upernet; do
+    "$PYTHON" "$TOOL" "${COMMON[@]}" "${CITYSCAPES[@]}" --heads "$head" \
+        --no-time --rows-out "$ROWS/cityscapes_$head.json"
+done
+"$PYTHON" "$TOOL" "${COMMON[@]}" "${ADE20K[@]}" --heads pspnet \
     --out-dir docs/benchmark/segmentor_ade20k
+"$PYTHON" "$TOOL" --segmentor "${CITYSCAPES[@]}" --rows-in \
+    "$ROWS"/cityscapes_{pspnet,deeplabv3,upernet}.json \
+    --out-dir docs/benchmark/segmentor_cityscapes
