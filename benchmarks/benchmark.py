@@ -42,14 +42,35 @@ VARIANTS = {
 }
 BASELINE = 'ResNetV1c'
 
-#: Segmentor variants whose heads recompute their activations
-#: (``mmrevnet.models.heads``): name -> (backbone variant, granularity).
-#: Not measured by default; with ``head='backbone'`` they equal the
-#: backbone variant.
+#: Segmentor variants: name -> (backbone variant, what changes in the
+#: segmentor). ``'checkpoint'``: mmengine's activation checkpointing
+#: (``turn_on_activation_checkpointing``) of every ``ConvModule`` of the
+#: heads, where it runs (it is reentrant: a head called with a list of
+#: tensors would give the backbone no gradient); ``'head'``/``'module'``:
+#: mmseg's EncoderDecoder with the heads recomputed at that granularity
+#: and nothing else (what ``MRevNetEncoderDecoder`` did before its
+#: concat-free bottlenecks and banded losses); ``'segmentor'``:
+#: ``model.type='MRevNetEncoderDecoder'`` with its defaults. Not measured
+#: by default; with ``head='backbone'`` they equal the backbone variant.
 HEAD_VARIANTS = {
+    'ResNetV1c (with_cp) + checkpointed heads': (
+        'ResNetV1c (with_cp)',
+        'checkpoint',
+    ),
     'MRevNetV1c + memory-saving heads': ('MRevNetV1c', 'head'),
     'MRevNetV1c + memory-saving heads (module)': ('MRevNetV1c', 'module'),
+    'MRevNetV1c + MRevNetEncoderDecoder': ('MRevNetV1c', 'segmentor'),
 }
+
+#: The whole-segmentor grid: plain, with_cp, with_cp + checkpointed heads,
+#: the backbone swap, the default segmentor.
+SEGMENTOR_VARIANTS = (
+    'ResNetV1c',
+    'ResNetV1c (with_cp)',
+    'ResNetV1c (with_cp) + checkpointed heads',
+    'MRevNetV1c',
+    'MRevNetV1c + MRevNetEncoderDecoder',
+)
 
 _D8 = dict(
     dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), contract_dilation=True
@@ -115,13 +136,34 @@ def build_benchmark_model(
         for key in ('decode_head', 'auxiliary_head'):
             if model_cfg.get(key):
                 model_cfg[key]['num_classes'] = num_classes
+        change = HEAD_VARIANTS.get(variant, (None, None))[1]
+        if change == 'segmentor':
+            model_cfg['type'] = 'MRevNetEncoderDecoder'
         model = MODELS.build(model_cfg)
-        if variant in HEAD_VARIANTS:
+        if change in ('head', 'module'):
             from mmrevnet.models.heads import enable_memory_saving_heads
 
-            enable_memory_saving_heads(model, HEAD_VARIANTS[variant][1])
+            enable_memory_saving_heads(model, change)
+        elif change == 'checkpoint':
+            _checkpoint_heads(model)
     model.train()
     return model
+
+
+def _checkpoint_heads(model: nn.Module) -> None:
+    """mmengine's activation checkpointing of the heads' ConvModules."""
+    from mmcv.cnn import ConvModule
+    from mmengine.runner.activation_checkpointing import (
+        turn_on_activation_checkpointing,
+    )
+
+    names = [
+        name
+        for name, module in model.named_modules()
+        if name.split('.')[0] in ('decode_head', 'auxiliary_head')
+        and isinstance(module, ConvModule)
+    ]
+    turn_on_activation_checkpointing(model, names)
 
 
 def make_step(
@@ -175,6 +217,25 @@ def activation_bytes(model: nn.Module, step: Callable) -> int:
     return counter.bytes
 
 
+def _live_summary(tensors, top: int = 12) -> List[Dict]:
+    """The largest live allocations at the peak, then the rest summed."""
+    summary = [
+        dict(mib=t.nbytes / 2**20, phase=t.phase, module=t.module, op=t.op)
+        for t in tensors[:top]
+    ]
+    rest = tensors[top:]
+    if rest:
+        summary.append(
+            dict(
+                mib=sum(t.nbytes for t in rest) / 2**20,
+                phase='',
+                module=f'{len(rest)} smaller allocations',
+                op='',
+            )
+        )
+    return summary
+
+
 def _train_step(model: nn.Module, step: Callable, device: str) -> float:
     model.zero_grad(set_to_none=True)
     if device.startswith('cuda'):
@@ -198,6 +259,7 @@ def run_benchmark(
     measure_time: bool = True,
     log: Optional[Callable[[str], None]] = print,
     num_classes: int = 19,
+    trace: bool = False,
 ) -> List[Dict]:
     """Measure every (depth, head, variant); returns one row each.
 
@@ -216,6 +278,9 @@ def run_benchmark(
         log (Callable, optional): Progress printer. Defaults to print.
         num_classes (int): Classes of the segmentation heads (19 for
             Cityscapes, 150 for ADE20K). Defaults to 19.
+        trace (bool): Trace the step peak to a module
+            (``step_peak(trace_modules=True)``): rows get ``peak_site``
+            and ``live_at_peak``. Defaults to False.
 
     Returns:
         list[dict]: Rows with ``depth, head, variant, activation_mib``,
@@ -258,8 +323,11 @@ def run_benchmark(
                     # One step first: cuDNN/cuBLAS allocate their
                     # workspaces (and benchmark algorithms) lazily.
                     step().backward()
-                peak = step_peak(model, step)
+                peak = step_peak(model, step, trace_modules=trace)
                 row['step_peak_mib'] = peak.peak_bytes / 2**20
+                if trace:
+                    row['peak_site'] = peak.peak_site
+                    row['live_at_peak'] = _live_summary(peak.live_at_peak)
                 row['step_grad_mib'] = peak.excluded_bytes / 2**20
                 if peak.cuda_step_peak_bytes is not None:
                     row['cuda_peak_mib'] = (
@@ -397,6 +465,70 @@ def markdown_table(rows: List[Dict]) -> str:
             ]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
+
+
+def segmentor_table(rows: List[Dict]) -> str:
+    """Whole-segmentor rows: step peak, saved bytes and step time, each
+    against ResNetV1c and ResNetV1c with_cp, and where the peak sits."""
+    header = [
+        'head',
+        'depth',
+        'variant',
+        'step peak (MiB)',
+        'peak vs ResNetV1c',
+        'peak vs with_cp',
+        'saved (MiB)',
+        'step (s)',
+        'time vs ResNetV1c',
+        'time vs with_cp',
+        'peak sits in',
+    ]
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    by_key = {(r['head'], r['depth'], r['variant']): r for r in rows}
+
+    def ratio(row, other, key):
+        theirs = by_key.get((row['head'], row['depth'], other))
+        if not theirs or row.get(key) is None or not theirs.get(key):
+            return '-'
+        return f'{row[key] / theirs[key]:.3f}x'
+
+    for r in rows:
+        seconds = r.get('step_seconds')
+        cells = [
+            r['head'],
+            str(r['depth']),
+            r['variant'],
+            f'{r["step_peak_mib"]:.1f}',
+            ratio(r, BASELINE, 'step_peak_mib'),
+            ratio(r, 'ResNetV1c (with_cp)', 'step_peak_mib'),
+            f'{r["activation_mib"]:.1f}',
+            '-' if seconds is None else f'{seconds:.2f}',
+            ratio(r, BASELINE, 'step_seconds'),
+            ratio(r, 'ResNetV1c (with_cp)', 'step_seconds'),
+            f'`{r.get("peak_site") or "-"}`',
+        ]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def live_set_markdown(rows: List[Dict]) -> str:
+    """Per row, the allocations live at the step peak, largest first."""
+    parts = []
+    for r in rows:
+        if not r.get('live_at_peak'):
+            continue
+        parts.append(
+            f'### {r["head"]}-{r["depth"]}, {r["variant"]}: '
+            f'{r["step_peak_mib"]:.1f} MiB at `{r["peak_site"]}`\n\n'
+            '| MiB | made in | module | operator |\n|---|---|---|---|'
+        )
+        for t in r['live_at_peak']:
+            parts.append(
+                f'| {t["mib"]:.1f} | {t["phase"]} | '
+                f'{t["module"] or "(outside modules)"} | {t["op"]} |'
+            )
+        parts.append('')
+    return '\n'.join(parts) + '\n'
 
 
 def peak_comparison(rows: List[Dict]) -> str:

@@ -156,6 +156,19 @@ RESULTS: Dict[str, Result] = {
         '--out-dir docs/benchmark/full_res_ade20k',
         sources=_BENCHMARK_SOURCES,
     ),
+    'segmentor_cpu': Result(
+        outputs=(
+            'docs/benchmark/segmentor_cityscapes/benchmark.json',
+            'docs/benchmark/segmentor_cityscapes/benchmark.md',
+            'docs/benchmark/segmentor_cityscapes/benchmark.png',
+            'docs/benchmark/segmentor_ade20k/benchmark.json',
+            'docs/benchmark/segmentor_ade20k/benchmark.md',
+            'docs/benchmark/segmentor_ade20k/benchmark.png',
+        ),
+        command='bash tools/analysis_tools/benchmark_segmentor.sh',
+        sources=_BENCHMARK_SOURCES
+        + ('tools/analysis_tools/benchmark_segmentor.sh',),
+    ),
     'frontier_cpu': Result(
         outputs=(
             'docs/benchmark/frontier/frontier.json',

@@ -53,6 +53,7 @@ __all__ = [
     'SavedStorage',
     'saved_bytes',
     'cuda_peak_memory',
+    'LiveTensor',
     'StepPeak',
     'step_peak',
     'step_peak_bytes',
@@ -263,6 +264,12 @@ class StepPeak:
             ``torch.cuda.memory_allocated`` before the step (parameters,
             buffers, optimizer state, other models); None on CPU, whose
             allocator keeps no such total.
+        peak_site (str, optional): With ``trace_modules``: where the
+            allocation that reached the peak was made, as
+            ``'<phase> <module>'`` (see :class:`LiveTensor`).
+        live_at_peak (tuple[LiveTensor], optional): With
+            ``trace_modules``: every counted allocation live at the peak,
+            largest first.
     """
 
     peak_bytes: int
@@ -273,14 +280,119 @@ class StepPeak:
     peak_op: Optional[str] = None
     cuda_step_peak_bytes: Optional[int] = None
     cuda_start_bytes: Optional[int] = None
+    peak_site: Optional[str] = None
+    live_at_peak: Optional[Tuple['LiveTensor', ...]] = None
 
     @property
     def peak_mib(self) -> float:
         return self.peak_bytes / _MIB
 
 
-def _allocation_events(result, device: torch.device) -> List[tuple]:
-    """``(time, tid, ptr, size, op)`` of the allocator events on ``device``.
+@dataclasses.dataclass(frozen=True)
+class LiveTensor:
+    """One allocation live at the step peak (``step_peak(trace_modules=)``).
+
+    Attributes:
+        nbytes (int): Its size.
+        op (str): The operator that allocated it, e.g.
+            ``'aten::convolution_backward'``.
+        phase (str): ``'forward'`` (made by the forward pass),
+            ``'backward'`` (by the backward of an operator of the forward)
+            or ``'recompute'`` (by a forward run again inside a backward,
+            as memory-saving modules do).
+        module (str): The module that ran the operator (for
+            ``'backward'``: the module whose forward recorded the operator
+            differentiated), by its name in the traced model; ``''`` for
+            the model itself or code outside any module (the loss).
+    """
+
+    nbytes: int
+    op: str
+    phase: str
+    module: str
+
+    @property
+    def site(self) -> str:
+        return f'{self.phase} {self.module or "<top>"}'
+
+
+_SCOPE = 'mmrevnet.module::'
+_BACKWARD = 'autograd::engine::evaluate_function: '
+
+
+class _ModuleScopes:
+    """Labels every call of ``model``'s modules with a profiler range, so
+    that allocations can be traced to the module that made them."""
+
+    def __init__(self, model: nn.Module):
+        self._open: List[object] = []
+        self._handles = []
+        for name, module in model.named_modules():
+            self._handles.append(
+                module.register_forward_pre_hook(self._enter_hook(name))
+            )
+            self._handles.append(
+                module.register_forward_hook(self._exit, always_call=True)
+            )
+
+    def _enter_hook(self, name: str):
+        def enter(module, args):
+            scope = torch.autograd.profiler.record_function(_SCOPE + name)
+            scope.__enter__()
+            self._open.append(scope)
+
+        return enter
+
+    def _exit(self, module, args, output):
+        self._open.pop().__exit__(None, None, None)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        while self._open:
+            self._open.pop().__exit__(None, None, None)
+
+
+def _site(event, module_of_sequence: Dict[int, str]) -> Tuple[str, str, str]:
+    """``(op, phase, module)`` of an allocation event (see LiveTensor)."""
+    from torch._C._profiler import _EventType
+
+    op, phase, module = '', 'forward', ''
+    boundary = False  # passed the innermost module range or backward node
+    node = event.parent
+    while node is not None:
+        name = node.name
+        if node.typed[0] == _EventType.TorchOp:
+            if name.startswith(_BACKWARD):
+                if not boundary:
+                    op, phase = name[len(_BACKWARD) :], 'backward'
+                elif phase == 'forward':
+                    phase = 'recompute'
+                boundary = True
+                if not module:
+                    # The module whose forward recorded this node's
+                    # operator; code outside modules (a head's own
+                    # forward run again by its recomputation) takes the
+                    # module of the enclosing backward node.
+                    sequence = node.typed[1].sequence_number
+                    module = module_of_sequence.get(sequence, '')
+                if module and phase != 'forward':
+                    break
+            elif name.startswith(_SCOPE):
+                boundary = True
+                if not module:
+                    module = name[len(_SCOPE) :]
+            elif not boundary:
+                op = name
+        node = node.parent
+    return op, phase, module
+
+
+def _allocation_events(
+    result, device: torch.device, sites: bool = False
+) -> List[tuple]:
+    """``(time, tid, ptr, size, op, site)`` of the allocator events on
+    ``device``; ``site`` is :func:`_site`'s triple when ``sites``, else None.
 
     Allocations and frees are leaves of the profiler's event tree, under
     the operator that made them; they are put in time order, ties kept in
@@ -289,13 +401,18 @@ def _allocation_events(result, device: torch.device) -> List[tuple]:
     from torch._C._profiler import _EventType
 
     events = []
+    module_of_sequence: Dict[int, str] = {}
     stack = list(reversed(result.experimental_event_tree()))
     while stack:
         event = stack.pop()
-        if event.typed[0] == _EventType.Allocation:
+        kind = event.typed[0]
+        if kind == _EventType.Allocation:
             fields = event.typed[1]
             if fields.device == device:
                 parent = event.parent
+                site = None
+                if sites and fields.alloc_size > 0:
+                    site = _site(event, module_of_sequence)
                 events.append(
                     (
                         event.start_time_ns,
@@ -303,11 +420,27 @@ def _allocation_events(result, device: torch.device) -> List[tuple]:
                         fields.ptr,
                         fields.alloc_size,
                         None if parent is None else parent.name,
+                        site,
                     )
                 )
+        elif sites and kind == _EventType.TorchOp:
+            sequence = event.typed[1].sequence_number
+            if sequence >= 0 and sequence not in module_of_sequence:
+                # The first op with a sequence number is the forward one
+                # (its backward node carries the same number later).
+                module_of_sequence[sequence] = _enclosing_module(event)
         stack.extend(reversed(event.children))
     events.sort(key=lambda e: e[:2])
     return events
+
+
+def _enclosing_module(event) -> str:
+    node = event.parent
+    while node is not None:
+        if node.name.startswith(_SCOPE):
+            return node.name[len(_SCOPE) :]
+        node = node.parent
+    return ''
 
 
 def step_peak(
@@ -316,6 +449,7 @@ def step_peak(
     exclude: Iterable[Tensor] = (),
     device: Optional[torch.device] = None,
     set_grads_to_none: bool = True,
+    trace_modules: bool = False,
 ) -> StepPeak:
     """Peak live tensor bytes of one training step, above its start.
 
@@ -380,6 +514,12 @@ def step_peak(
             to the device of the model's first parameter, else the CPU.
         set_grads_to_none (bool): ``model.zero_grad(set_to_none=True)``
             before the step. Defaults to True.
+        trace_modules (bool): Label every module call of ``model`` with a
+            profiler range (forward hooks, removed after the step) and
+            report where the peak sits: :attr:`StepPeak.peak_site` and
+            :attr:`StepPeak.live_at_peak`. The hooks return nothing, so
+            the step computes and allocates what it does untraced.
+            Defaults to False.
 
     Returns:
         StepPeak: The peak and what it was made of. The gradients the step
@@ -404,6 +544,7 @@ def step_peak(
         resident = torch.cuda.memory_allocated(device)
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    scopes = _ModuleScopes(model) if trace_modules else None
     try:
         # Allocator events are recorded by the host-side profiler for
         # every device; kernel traces (CUPTI) are not needed.
@@ -416,6 +557,8 @@ def step_peak(
             if on_cuda:
                 torch.cuda.synchronize(device)
     finally:
+        if scopes is not None:
+            scopes.remove()
         if gc_was_enabled:
             gc.enable()
     cuda_peak = None
@@ -427,12 +570,14 @@ def step_peak(
     excluded_ptrs = {
         t.untyped_storage().data_ptr() for t in keep if t.device == device
     }
-    events = _allocation_events(prof.profiler.kineto_results, device)
+    events = _allocation_events(
+        prof.profiler.kineto_results, device, sites=trace_modules
+    )
 
     # A storage live at the end is the last allocation at its address
     # that is not followed by a free.
     last_alloc: Dict[int, int] = {}
-    for index, (_, _, ptr, size, _) in enumerate(events):
+    for index, (_, _, ptr, size, _, _) in enumerate(events):
         if size > 0:
             last_alloc[ptr] = index
         elif size < 0:
@@ -441,8 +586,8 @@ def step_peak(
 
     live: Dict[int, int] = {}
     current = peak = allocated = count = excluded = 0
-    peak_op = None
-    for index, (_, _, ptr, size, op) in enumerate(events):
+    peak_op, peak_index = None, -1
+    for index, (_, _, ptr, size, op, _) in enumerate(events):
         if size > 0:
             if index in skip:
                 excluded += size
@@ -452,10 +597,13 @@ def step_peak(
             allocated += size
             count += 1
             if current > peak:
-                peak, peak_op = current, op
+                peak, peak_op, peak_index = current, op, index
         elif size < 0:
             # Not found: allocated before the step, or excluded.
             current -= live.pop(ptr, 0)
+    peak_site = live_at_peak = None
+    if trace_modules:
+        peak_site, live_at_peak = _live_at(events, skip, peak_index)
     return StepPeak(
         peak_bytes=peak,
         end_bytes=current,
@@ -465,7 +613,28 @@ def step_peak(
         peak_op=peak_op,
         cuda_step_peak_bytes=cuda_peak,
         cuda_start_bytes=resident,
+        peak_site=peak_site,
+        live_at_peak=live_at_peak,
     )
+
+
+def _live_at(events: List[tuple], skip: set, last: int):
+    """The site of event ``last`` and the allocations live after it."""
+    if last < 0:
+        return None, ()
+    live: Dict[int, int] = {}
+    for index, (_, _, ptr, size, _, _) in enumerate(events[: last + 1]):
+        if size > 0 and index not in skip:
+            live[ptr] = index
+        elif size < 0:
+            live.pop(ptr, None)
+    tensors = []
+    for index in live.values():
+        size, (op, phase, module) = events[index][3], events[index][5]
+        tensors.append(LiveTensor(size, op, phase, module))
+    tensors.sort(key=lambda t: -t.nbytes)
+    op, phase, module = events[last][5]
+    return LiveTensor(0, op, phase, module).site, tuple(tensors)
 
 
 def step_peak_bytes(model: nn.Module, step: Callable[[], Tensor], **kwargs):

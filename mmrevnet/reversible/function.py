@@ -354,7 +354,8 @@ def _output_reusable(fx: Tensor, v: Tensor) -> bool:
 
     Only when no node of the graph can read ``fx`` again: it is not a view,
     its node does not keep its result (as ReLU or tanh do) and is not a
-    custom Function (whose saved tensors are not visible). Same dtype and
+    custom Function (whose saved tensors are not visible), unless the
+    Function declares ``output_unused_in_backward = True``. Same dtype and
     shape as ``v`` and no overlapping memory, so that ``v_t`` fits.
     """
     node = fx.grad_fn
@@ -365,7 +366,14 @@ def _output_reusable(fx: Tensor, v: Tensor) -> bool:
         and fx.shape == v.shape
         and _is_dense(fx)
         and not hasattr(node, '_saved_result')
-        and not isinstance(node, torch.autograd.function.BackwardCFunction)
+        and not (
+            isinstance(node, torch.autograd.function.BackwardCFunction)
+            and not getattr(
+                getattr(node, '_forward_cls', None),
+                'output_unused_in_backward',
+                False,
+            )
+        )
     )
 
 

@@ -413,3 +413,38 @@ def test_checkpointing_lowers_the_step_peak():
         assert peaks[with_cp].peak_bytes > saved[with_cp]
     # Same parameters, same gradients left out.
     assert peaks[True].excluded_bytes == peaks[False].excluded_bytes
+
+
+def test_step_peak_traced_to_a_module():
+    """``trace_modules``: the same peak, the live set sums to it, and a
+    backward allocation is traced to the module whose forward made it."""
+
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.small = nn.Linear(8, 8)
+            self.wide = nn.Linear(8, 4096)
+
+        def forward(self, x):
+            return self.wide(torch.relu(self.small(x))).square().sum()
+
+    torch.manual_seed(0)
+    model = Wide()
+    x = torch.randn(64, 8)
+    plain = step_peak(model, lambda: model(x))
+    traced = step_peak(model, lambda: model(x), trace_modules=True)
+    assert plain.peak_site is None and plain.live_at_peak is None
+    assert traced.peak_bytes == plain.peak_bytes
+    assert sum(t.nbytes for t in traced.live_at_peak) == traced.peak_bytes
+    sizes = [t.nbytes for t in traced.live_at_peak]
+    assert sizes == sorted(sizes, reverse=True)
+    # The 64x4096 output of ``wide`` is made in its forward.
+    assert any(
+        (t.phase, t.module) == ('forward', 'wide')
+        and t.nbytes == 64 * 4096 * 4
+        for t in traced.live_at_peak
+    )
+    phases = {t.phase for t in traced.live_at_peak}
+    assert phases <= {'forward', 'backward', 'recompute'}
+    # The hooks are gone afterwards.
+    assert not model.wide._forward_hooks and not model._forward_pre_hooks

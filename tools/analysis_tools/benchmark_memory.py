@@ -34,11 +34,14 @@ import mmrevnet  # noqa: E402,F401  (shims and registration before mmseg loads)
 from benchmarks.benchmark import (  # noqa: E402
     HEAD_VARIANTS,
     HEADS,
+    SEGMENTOR_VARIANTS,
     VARIANTS,
+    live_set_markdown,
     markdown_table,
     peak_comparison,
     plot,
     run_benchmark,
+    segmentor_table,
 )
 
 
@@ -54,10 +57,24 @@ def parse_args():
     parser.add_argument(
         '--variants',
         nargs='+',
-        default=list(VARIANTS),
+        default=None,
         choices=list(VARIANTS) + list(HEAD_VARIANTS),
-        help='backbone variants (timing needs ResNetV1c); the memory-saving '
-        'heads variants are not in the default list',
+        help='variants (timing needs ResNetV1c); default: the backbone '
+        'variants, or with --segmentor the whole-segmentor ones',
+    )
+    parser.add_argument(
+        '--segmentor',
+        action='store_true',
+        help='the whole-segmentor grid: variants '
+        + ', '.join(SEGMENTOR_VARIANTS)
+        + ' (unless --variants is given), the peak traced to a module '
+        '(--trace), and a table of peaks, times and peak sites',
+    )
+    parser.add_argument(
+        '--trace',
+        action='store_true',
+        help='trace each step peak to the module it sits in, with the '
+        'allocations live at that moment',
     )
     parser.add_argument('--batch-size', type=int, default=2)
     parser.add_argument(
@@ -89,6 +106,13 @@ def parse_args():
     )
     parser.add_argument('--rows-out', help=argparse.SUPPRESS)
     parser.add_argument(
+        '--rows-in',
+        nargs='+',
+        metavar='JSON',
+        help='write the outputs from the rows of groups measured separately '
+        '(files written by --in-process --rows-out) instead of measuring',
+    )
+    parser.add_argument(
         '--quick',
         action='store_true',
         help='depth 50, backbone and PSPNet, 64x128, 1 timed step (CI)',
@@ -102,9 +126,26 @@ def main():
         with open(args.compare_peaks) as f:
             print(peak_comparison(json.load(f)['rows']), end='')
         return
+    if args.variants is None:
+        args.variants = list(
+            SEGMENTOR_VARIANTS if args.segmentor else VARIANTS
+        )
+    if args.segmentor:
+        args.trace = True
+        if 'backbone' in args.heads:
+            args.heads = [h for h in args.heads if h != 'backbone']
+    if args.rows_in:
+        rows = []
+        for name in args.rows_in:
+            with open(name) as f:
+                rows += json.load(f)
+        _write_outputs(args, rows)
+        return
     if args.quick:
-        args.depths, args.heads = [50], ['backbone', 'pspnet']
-        args.size, args.repeats, args.warmup = [64, 128], 1, 0
+        args.depths, args.size = [50], [64, 128]
+        args.repeats, args.warmup = 1, 0
+        if not args.segmentor:
+            args.heads = ['backbone', 'pspnet']
     groups = [(d, h) for d in args.depths for h in args.heads]
     if len(groups) > 1 and not args.in_process:
         rows = _run_isolated(args, groups)
@@ -140,6 +181,8 @@ def _run_isolated(args, groups):
                 command.append('--no-time')
             if args.cudnn_benchmark:
                 command.append('--cudnn-benchmark')
+            if args.trace:
+                command.append('--trace')
             subprocess.run(command, check=True)
             with open(out) as f:
                 rows += json.load(f)
@@ -159,6 +202,7 @@ def _run(args):
         repeats=args.repeats,
         measure_time=not args.no_time,
         num_classes=args.num_classes,
+        trace=args.trace,
     )
 
 
@@ -185,6 +229,12 @@ def _write_outputs(args, rows):
             f'{args.batch_size}, {args.size[0]}x{args.size[1]}.\n\n'
         )
         f.write(table)
+        if args.segmentor:
+            f.write('\nWhole segmentor, one training step:\n\n')
+            f.write(segmentor_table(rows))
+        if args.trace:
+            f.write('\n## What is live at each step peak\n\n')
+            f.write(live_set_markdown(rows))
     figure = plot(rows, osp.join(args.out_dir, 'benchmark.png'))
     print(table)
     print(f'written: {args.out_dir}/benchmark.json, benchmark.md, {figure}')

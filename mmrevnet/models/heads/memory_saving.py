@@ -23,7 +23,7 @@ Two granularities:
 Which one wins is measured in ``docs/benchmark/heads.md``.
 """
 
-from typing import Iterator, List
+from typing import Iterator, List, Sequence
 
 from torch import nn
 
@@ -116,7 +116,9 @@ def is_memory_saving(module: nn.Module) -> bool:
 
 
 def enable_memory_saving(
-    head: nn.Module, granularity: str = 'head'
+    head: nn.Module,
+    granularity: str = 'head',
+    nested: Sequence[nn.Module] = (),
 ) -> List[nn.Module]:
     """Recompute ``head``'s activations in the backward pass.
 
@@ -132,6 +134,11 @@ def enable_memory_saving(
         granularity (str): ``'head'`` (the whole forward is one unit) or
             ``'module'`` (each parametrised submodule is a unit).
             Defaults to ``'head'``.
+        nested (Sequence[nn.Module]): Submodules of ``head`` recomputed as
+            units of their own inside the head's recomputation (with
+            ``'head'``): in the head's backward only their inputs and one
+            unit's graph exist, at the cost of running them once more.
+            Defaults to ().
 
     Returns:
         list[nn.Module]: The modules whose forward was replaced.
@@ -145,7 +152,16 @@ def enable_memory_saving(
         raise ValueError(
             f'memory saving is already enabled on {type(head).__name__}'
         )
-    units = recompute_units(head, granularity)
+    if nested and granularity != 'head':
+        raise ValueError("nested units need granularity='head'")
+    inside = {id(m) for m in head.modules()}
+    for unit in nested:
+        if id(unit) not in inside or unit is head:
+            raise ValueError(
+                f'nested unit {type(unit).__name__} is not a submodule of '
+                f'{type(head).__name__}'
+            )
+    units = list(nested) + recompute_units(head, granularity)
     for unit in units:
         unit.forward = _RecomputedForward(unit)
     return units

@@ -3,7 +3,7 @@
 One line in a config switches it on, every other key of the model is
 mmseg's::
 
-    model = dict(type='MRevNetEncoderDecoder', memory_saving_heads='head')
+    model = dict(type='MRevNetEncoderDecoder')
 """
 
 from typing import List, Optional
@@ -12,29 +12,14 @@ from mmengine.registry import MODELS
 from mmseg.models.segmentors import EncoderDecoder
 from torch import nn
 
+from .banded_loss import enable_banded_loss
+from .concat_conv import enable_concat_free
 from .memory_saving import GRANULARITIES, enable_memory_saving
 
 __all__ = ['MRevNetEncoderDecoder', 'enable_memory_saving_heads']
 
 
-def enable_memory_saving_heads(
-    segmentor: nn.Module, granularity: str = 'head'
-) -> List[nn.Module]:
-    """Make the decode and auxiliary heads of ``segmentor`` memory-saving.
-
-    Works on any segmentor with a ``decode_head`` and optionally an
-    ``auxiliary_head`` (a head or an ``nn.ModuleList`` of heads), e.g.
-    mmseg's ``EncoderDecoder`` built from an unchanged config.
-
-    Args:
-        segmentor (nn.Module): The segmentor.
-        granularity (str): See
-            :func:`~mmrevnet.models.heads.enable_memory_saving`.
-            Defaults to ``'head'``.
-
-    Returns:
-        list[nn.Module]: The heads made memory-saving.
-    """
+def _heads(segmentor: nn.Module) -> List[nn.Module]:
     heads = []
     for name in ('decode_head', 'auxiliary_head'):
         head = getattr(segmentor, name, None)
@@ -48,8 +33,46 @@ def enable_memory_saving_heads(
         raise ValueError(
             f'{type(segmentor).__name__} has no decode_head or auxiliary_head'
         )
+    return heads
+
+
+def nested_units(head: nn.Module) -> List[nn.Module]:
+    """Submodules of ``head`` worth recomputing separately inside the
+    head's recomputation: for mmseg's ``UPerHead`` the FPN's lateral and
+    output convolutions (at 1/4 resolution, their activations are the
+    largest of the head's backward); none for other heads."""
+    from mmseg.models.decode_heads import UPerHead
+
+    if type(head) is UPerHead:
+        return [*head.lateral_convs, *head.fpn_convs]
+    return []
+
+
+def enable_memory_saving_heads(
+    segmentor: nn.Module, granularity: str = 'head', nested: bool = False
+) -> List[nn.Module]:
+    """Make the decode and auxiliary heads of ``segmentor`` memory-saving.
+
+    Works on any segmentor with a ``decode_head`` and optionally an
+    ``auxiliary_head`` (a head or an ``nn.ModuleList`` of heads), e.g.
+    mmseg's ``EncoderDecoder`` built from an unchanged config.
+
+    Args:
+        segmentor (nn.Module): The segmentor.
+        granularity (str): See
+            :func:`~mmrevnet.models.heads.enable_memory_saving`.
+            Defaults to ``'head'``.
+        nested (bool): With ``'head'``, also recompute
+            :func:`nested_units` separately inside each head.
+            Defaults to False.
+
+    Returns:
+        list[nn.Module]: The heads made memory-saving.
+    """
+    heads = _heads(segmentor)
     for head in heads:
-        enable_memory_saving(head, granularity)
+        inner = nested_units(head) if nested and granularity == 'head' else ()
+        enable_memory_saving(head, granularity, nested=inner)
     return heads
 
 
@@ -61,8 +84,12 @@ class MRevNetEncoderDecoder(EncoderDecoder):
     state-dict keys; in training the decode and auxiliary heads store only
     their inputs (the backbone outputs, stored anyway) and recompute the
     rest in the backward pass, BN-exactly (running statistics updated
-    once), with dropout masks replayed and autocast re-entered. In eval
-    mode and under ``no_grad`` the heads run plainly.
+    once), with dropout masks replayed and autocast re-entered. Inside a
+    head, a concatenation followed by a convolution (PSP, ASPP and
+    UPerNet bottlenecks) is computed slice by slice without the
+    concatenation, and the losses on the logits upsampled to the label
+    size are computed in row bands. In eval mode and under ``no_grad`` the
+    heads run plainly, as mmseg's.
 
     Args:
         memory_saving_heads (str, optional): ``'head'`` recomputes each
@@ -70,10 +97,27 @@ class MRevNetEncoderDecoder(EncoderDecoder):
             ``'module'`` recomputes each parametrised submodule of a head
             separately (stores the tensors between them); None trains the
             heads plainly. Defaults to ``'head'``.
+        concat_free (bool): Compute the bottleneck convolutions of
+            ``PSPHead``, ``ASPPHead`` and ``UPerHead`` without their
+            concatenation (:mod:`~mmrevnet.models.heads.concat_conv`;
+            other heads are unchanged), and with ``'head'`` recompute
+            ``UPerHead``'s FPN convolutions separately inside the head's
+            recomputation (:func:`nested_units`). Defaults to True.
+        loss_bands (int, optional): Compute each head's cross-entropy and
+            accuracy on the upsampled logits in this many row bands
+            (:mod:`~mmrevnet.models.heads.banded_loss`; heads with other
+            losses or a pixel sampler keep mmseg's); None computes them on
+            the whole upsampled logits. Defaults to 16.
         **kwargs: Arguments of mmseg's ``EncoderDecoder``.
     """
 
-    def __init__(self, memory_saving_heads: Optional[str] = 'head', **kwargs):
+    def __init__(
+        self,
+        memory_saving_heads: Optional[str] = 'head',
+        concat_free: bool = True,
+        loss_bands: Optional[int] = 16,
+        **kwargs,
+    ):
         if memory_saving_heads is not None and (
             memory_saving_heads not in GRANULARITIES
         ):
@@ -81,7 +125,32 @@ class MRevNetEncoderDecoder(EncoderDecoder):
                 'MRevNetEncoderDecoder: memory_saving_heads must be one of '
                 f'{GRANULARITIES} or None, got {memory_saving_heads!r}'
             )
+        if not isinstance(concat_free, bool):
+            raise ValueError(
+                'MRevNetEncoderDecoder: concat_free must be True or False, '
+                f'got {concat_free!r}'
+            )
+        if loss_bands is not None and (
+            isinstance(loss_bands, bool)
+            or not isinstance(loss_bands, int)
+            or loss_bands < 1
+        ):
+            raise ValueError(
+                'MRevNetEncoderDecoder: loss_bands must be a positive int '
+                f'or None, got {loss_bands!r}'
+            )
         super().__init__(**kwargs)
         self.memory_saving_heads = memory_saving_heads
+        self.concat_free = concat_free
+        self.loss_bands = loss_bands
+        for head in _heads(self):
+            # Before the recomputation wraps the forward, which then runs
+            # the concat-free feature method.
+            if concat_free:
+                enable_concat_free(head)
+            if loss_bands is not None:
+                enable_banded_loss(head, loss_bands)
         if memory_saving_heads is not None:
-            enable_memory_saving_heads(self, memory_saving_heads)
+            enable_memory_saving_heads(
+                self, memory_saving_heads, nested=concat_free
+            )

@@ -10,6 +10,7 @@ parameter names of the ResNet blocks they replace.
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import Sequential
@@ -17,6 +18,7 @@ from mmseg.models.backbones.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
 
 from mmrevnet.reversible import MomentumStage, checkpointed_call
+from mmrevnet.reversible.state import AutocastState
 
 RESIDUAL_FNS = ('branch', 'block')
 
@@ -30,6 +32,125 @@ def _bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
     out = block.relu(block.norm1(block.conv1(x)))
     out = block.relu(block.norm2(block.conv2(out)))
     return block.norm3(block.conv3(out))
+
+
+#: Output channels of conv3/norm3 computed at once where a momentum
+#: bottleneck is at least four chunks wide (see :class:`_ChunkedConvNorm`).
+CHANNEL_CHUNK = 512
+
+
+class _ChunkedConvNorm(torch.autograd.Function):
+    """``norm(conv(h))`` of a bottleneck's last layers, by output chunks.
+
+    The output is written chunk by chunk; only ``h`` (a quarter of the
+    output's width) is saved, and the backward recomputes each chunk's
+    convolution and normalisation for its VJP, so one chunk's temporaries
+    exist at a time instead of the full width's. BatchNorm's statistics
+    and affine parameters are per channel, so every chunk is normalised as
+    in the whole; the running statistics are updated once, here, as
+    ``nn.BatchNorm2d.forward`` does, and not by the backward. Autocast is
+    re-entered for the recomputation.
+
+    ``apply(conv, norm, h, conv_weight, norm_weight, norm_bias)``.
+    """
+
+    #: The backward never reads the output, so the memory-saving stage may
+    #: overwrite it (with the reconstructed velocity) before the VJP.
+    output_unused_in_backward = True
+
+    @staticmethod
+    def forward(ctx, conv, norm, h, weight, gamma, beta):
+        momentum = 0.0 if norm.momentum is None else norm.momentum
+        track = norm.track_running_stats
+        if track and norm.num_batches_tracked is not None:
+            norm.num_batches_tracked.add_(1)
+            if norm.momentum is None:
+                momentum = 1.0 / float(norm.num_batches_tracked)
+        width = conv.out_channels
+        ranges = [
+            (a, min(a + CHANNEL_CHUNK, width))
+            for a in range(0, width, CHANNEL_CHUNK)
+        ]
+        out = None
+        with torch.no_grad():
+            for start, stop in ranges:
+                y = conv._conv_forward(h, weight[start:stop], None)
+                y = F.batch_norm(
+                    y,
+                    norm.running_mean[start:stop] if track else None,
+                    norm.running_var[start:stop] if track else None,
+                    gamma[start:stop],
+                    beta[start:stop],
+                    True,
+                    momentum,
+                    norm.eps,
+                )
+                if out is None:
+                    out = y.new_empty((y.shape[0], width, *y.shape[2:]))
+                out[:, start:stop] = y
+                del y
+        ctx.conv, ctx.eps, ctx.ranges = conv, norm.eps, ranges
+        ctx.autocast = AutocastState(h.device.type)
+        ctx.save_for_backward(h, weight, gamma, beta)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, weight, gamma, beta = ctx.saved_tensors
+        need_h = ctx.needs_input_grad[2]
+        grads = [torch.zeros_like(h) if need_h else None]
+        grads += [torch.empty_like(t) for t in (weight, gamma, beta)]
+        for start, stop in ctx.ranges:
+            with torch.enable_grad(), ctx.autocast.enter():
+                leaves = [h.detach().requires_grad_(need_h)]
+                leaves += [
+                    t.detach()[start:stop].requires_grad_(True)
+                    for t in (weight, gamma, beta)
+                ]
+                y = ctx.conv._conv_forward(leaves[0], leaves[1], None)
+                y = F.batch_norm(
+                    y, None, None, leaves[2], leaves[3], True, 0.0, ctx.eps
+                )
+            wrt = leaves if need_h else leaves[1:]
+            parts = list(
+                torch.autograd.grad(
+                    y, wrt, grad_out[:, start:stop].to(y.dtype)
+                )
+            )
+            del y, leaves
+            if need_h:
+                grads[0].add_(parts.pop(0))
+            for grad, part in zip(grads[1:], parts):
+                grad[start:stop].copy_(part)
+            del parts
+        return (None, None, *grads)
+
+
+def _chunkable(block: Bottleneck) -> bool:
+    conv, norm = block.conv3, block.norm3
+    return (
+        type(conv) is nn.Conv2d
+        and conv.groups == 1
+        and conv.bias is None
+        and type(norm) is nn.BatchNorm2d
+        and norm.training
+        and norm.affine
+        and conv.out_channels >= 4 * CHANNEL_CHUNK
+    )
+
+
+def _momentum_bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
+    """The bottleneck branch; with grad (the memory-saving stage's
+    recomputation, or plain training) and at least four chunks of width,
+    conv3 and norm3 by channel chunks (:class:`_ChunkedConvNorm`)."""
+    if not (torch.is_grad_enabled() and _chunkable(block)):
+        return _bottleneck_branch(block, x)
+    out = block.relu(block.norm1(block.conv1(x)))
+    out = block.relu(block.norm2(block.conv2(out)))
+    conv, norm = block.conv3, block.norm3
+    return _ChunkedConvNorm.apply(
+        conv, norm, out, conv.weight, norm.weight, norm.bias
+    )
 
 
 class _MMPretrainBlockArgs:
@@ -121,7 +242,7 @@ class MomentumBasicBlock(_MomentumResidual, BasicBlock):
 class MomentumBottleneck(_MomentumResidual, Bottleneck):
     """``F`` built from a :class:`Bottleneck` (same parameter names)."""
 
-    _branch = _bottleneck_branch
+    _branch = _momentum_bottleneck_branch
 
 
 # mmseg block -> (transition block, momentum block).

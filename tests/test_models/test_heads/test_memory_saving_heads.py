@@ -392,9 +392,188 @@ def test_benchmark_variants_enable_the_heads():
     )
 
     for variant, (_, granularity) in HEAD_VARIANTS.items():
+        if granularity not in ('head', 'module', 'segmentor'):
+            continue
         model = build_benchmark_model(variant, 50, 'upernet')
         assert type(model.backbone).__name__ == 'MRevNetV1c'
         assert is_memory_saving(model.decode_head)
         assert is_memory_saving(model.auxiliary_head)
         head_forward = model.decode_head.__dict__.get('forward')
-        assert (head_forward is not None) == (granularity == 'head')
+        assert (head_forward is not None) == (granularity != 'module')
+        assert isinstance(model, MRevNetEncoderDecoder) == (
+            granularity == 'segmentor'
+        )
+
+
+# -- concat-free bottlenecks and banded losses (the default) ---------------
+@pytest.mark.parametrize('name', ['pspnet', 'deeplabv3', 'upernet'])
+def test_default_segmentor_matches_mmseg(name):
+    """``MRevNetEncoderDecoder`` with its defaults (recomputed heads,
+    concat-free bottlenecks, banded losses) against mmseg's own
+    ``EncoderDecoder`` with the same weights: loss, accuracy, every
+    gradient and BN buffer, two steps, dropout on."""
+    plain = _build(name)
+    saving = _build(name, type='MRevNetEncoderDecoder')
+    saving.load_state_dict(plain.state_dict())
+    assert type(plain).__name__ == 'EncoderDecoder'
+    assert 'loss_by_feat' in saving.decode_head.__dict__
+    assert 'loss_by_feat' in saving.auxiliary_head.__dict__
+    assert '_forward_feature' in saving.decode_head.__dict__
+    for _ in range(2):
+        inputs, samples = _batch()
+        results = []
+        for model in (plain, saving):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(123)
+            losses = model.loss(inputs, samples)
+            sum(v for k, v in losses.items() if 'loss' in k).backward()
+            results.append(losses)
+        assert list(results[0]) == list(results[1])
+        for key in results[0]:
+            torch.testing.assert_close(
+                results[1][key], results[0][key], rtol=RTOL, atol=ATOL
+            )
+        _assert_same(plain, saving)
+    for module in saving.modules():
+        if isinstance(module, _BatchNorm):
+            assert int(module.num_batches_tracked) == 2
+
+
+def _head_loss(head, logits, samples, seed=3):
+    head.zero_grad(set_to_none=True)
+    logits = logits.detach().requires_grad_(True)
+    torch.manual_seed(seed)
+    losses = head.loss_by_feat(logits, samples)
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    return losses, logits.grad
+
+
+@pytest.mark.parametrize(
+    'align_corners, avg_non_ignore, shape, bands',
+    [
+        (False, False, (5, 7), 16),  # non-integer scale, 2-row bands
+        (True, True, (4, 6), 3),  # uneven bands, mean over labelled
+        (False, True, (32, 48), 1),  # same size: one band
+    ],
+)
+def test_banded_loss_matches_mmseg(
+    align_corners, avg_non_ignore, shape, bands
+):
+    """Loss, accuracy and the logits' gradient of the banded loss equal
+    mmseg's ``loss_by_feat``, with ignored pixels (255) in the labels."""
+    from mmrevnet.models.heads.banded_loss import (
+        disable_banded_loss,
+        enable_banded_loss,
+    )
+
+    head = _build('pspnet').decode_head
+    head.align_corners = align_corners
+    head.loss_decode.avg_non_ignore = avg_non_ignore
+    _, samples = _batch()
+    for sample in samples:
+        sample.gt_sem_seg.data[0, :3, :5] = head.ignore_index
+    logits = torch.randn(2, NUM_CLASSES, *shape, dtype=torch.float64)
+    expected, expected_grad = _head_loss(head, logits, samples)
+    assert enable_banded_loss(head, bands)
+    got, grad = _head_loss(head, logits, samples)
+    assert list(got) == list(expected)
+    for key in expected:
+        torch.testing.assert_close(
+            got[key], expected[key], rtol=RTOL, atol=ATOL
+        )
+    torch.testing.assert_close(grad, expected_grad, rtol=RTOL, atol=ATOL)
+    # The comparison can fail: another ignore pattern changes the loss.
+    samples[0].gt_sem_seg.data[0, -1, -1] = head.ignore_index
+    changed, _ = _head_loss(head, logits, samples)
+    assert not torch.allclose(changed['loss_ce'], expected['loss_ce'])
+    disable_banded_loss(head)
+    assert 'loss_by_feat' not in head.__dict__
+
+
+def test_banded_loss_keeps_mmseg_for_other_losses_and_bad_bands():
+    from mmrevnet.models.heads.banded_loss import (
+        enable_banded_loss,
+        supports_banded_loss,
+    )
+
+    head = _build('pspnet').decode_head
+    with pytest.raises(ValueError, match='bands must be a positive int'):
+        enable_banded_loss(head, 0)
+    head.loss_decode.class_weight = [1.0] * NUM_CLASSES
+    assert 'class weights' in supports_banded_loss(head)
+    assert not enable_banded_loss(head)
+    assert 'loss_by_feat' not in head.__dict__
+    with pytest.raises(ValueError, match='loss_bands must be a positive'):
+        _build('pspnet', type='MRevNetEncoderDecoder', loss_bands=0)
+    with pytest.raises(ValueError, match='concat_free must be True or'):
+        _build('pspnet', type='MRevNetEncoderDecoder', concat_free=1)
+
+
+def test_concat_conv_matches_conv_of_cat():
+    """Slices wider than SLICE_CHANNELS, a bias, strides and dilations, an
+    upsampled part: output and every gradient equal the plain
+    ``conv(cat(...))``."""
+    from mmrevnet.models.heads import concat_conv as module
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(
+        module.SLICE_CHANNELS + 9, 6, 3, stride=2, padding=2, dilation=2
+    ).double()
+    wide = torch.randn(
+        2, module.SLICE_CHANNELS + 5, 9, 11, dtype=torch.float64
+    )
+    small = torch.randn(2, 4, 3, 4, dtype=torch.float64)
+    parts = [wide.requires_grad_(), small.requires_grad_()]
+    grad = torch.randn(2, 6, 5, 6, dtype=torch.float64)
+
+    def run(fn):
+        for t in [*parts, *conv.parameters()]:
+            t.grad = None
+        out = fn()
+        out.backward(grad)
+        return [out] + [t.grad for t in [*parts, *conv.parameters()]]
+
+    expected = run(
+        lambda: conv(
+            torch.cat(
+                [
+                    wide,
+                    torch.nn.functional.interpolate(
+                        small, size=(9, 11), mode='bilinear'
+                    ),
+                ],
+                1,
+            )
+        )
+    )
+    got = run(
+        lambda: module.concat_conv(conv, [wide, (small, (9, 11), False)])
+    )
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match='the parts have 4 channels'):
+        module.concat_conv(conv, [small])
+    with pytest.raises(ValueError, match='groups=2'):
+        module.concat_conv(torch.nn.Conv2d(4, 4, 1, groups=2), [small])
+
+
+def test_concat_free_heads_run_mmseg_in_eval():
+    model = _build('upernet', type='MRevNetEncoderDecoder')
+    head = model.decode_head
+    feats = [
+        torch.randn(2, c, 8 >> i, 12 >> i, dtype=torch.float64)
+        for i, c in enumerate(CHANNELS)
+    ]
+    model.eval()
+    with torch.no_grad():
+        out = head(feats)
+    from mmrevnet.models.heads.concat_conv import disable_concat_free
+
+    disable_concat_free(head)
+    assert '_forward_feature' not in head.__dict__
+    with torch.no_grad():
+        torch.testing.assert_close(head(feats), out, rtol=0, atol=0)
+    # deepcopy rebinds the replaced methods to the copy
+    copied = copy.deepcopy(_build('pspnet', type='MRevNetEncoderDecoder'))
+    bound = copied.decode_head.__dict__['_forward_feature']
+    assert bound.__self__ is copied.decode_head

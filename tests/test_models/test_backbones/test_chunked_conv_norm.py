@@ -1,0 +1,107 @@
+"""The widest momentum bottlenecks compute conv3/norm3 by channel chunks
+(``res_layer._ChunkedConvNorm``); the step must stay that of the plain
+path: every gradient, output and BN buffer equal within rounding."""
+
+import copy
+
+import pytest
+import torch
+from model_helpers import randomize_norms
+
+from mmrevnet.models import MRevNetV1c
+from mmrevnet.models.utils import res_layer
+
+# float64, the same operations per channel: rounding only, measured as
+# max|a - b| / max|b| (the reconstruction of the memory-saving path carries
+# rounding from large elements to small ones).
+RTOL, ATOL = 1e-10, 1e-12
+
+
+def _assert_close(got, expected, name=''):
+    scale = expected.abs().max().clamp_min(1e-30)
+    error = ((got - expected).abs().max() / scale).item()
+    assert error <= RTOL, (name, error)
+
+
+def _step(model, x):
+    torch.manual_seed(4)
+    outs = model(x)
+    weights = [
+        torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        for out in outs
+    ]
+    loss = sum((out * w).sum() for out, w in zip(outs, weights))
+    loss.backward()
+    return outs
+
+
+@pytest.mark.parametrize('memory_saving', [True, False])
+def test_chunked_bottleneck_matches_unchunked(monkeypatch, memory_saving):
+    """Chunked against unchunked, both on the plain path or both on the
+    memory-saving path (whose own agreement with the plain path is
+    tested in test_mrevnet.py)."""
+    # Chunks of 8 channels: layer3 (256) and layer4 (512) of this narrow
+    # ResNet-50 are chunked, as layer4 (2048) of the full width is.
+    monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 8)
+    torch.manual_seed(0)
+    reference = MRevNetV1c(
+        depth=50,
+        base_channels=16,
+        stem_channels=16,
+        memory_saving=memory_saving,
+    ).double()
+    randomize_norms(reference, count=3)
+    reference = reference.double()
+    chunked = MRevNetV1c(
+        depth=50,
+        base_channels=16,
+        stem_channels=16,
+        memory_saving=memory_saving,
+    ).double()
+    chunked.load_state_dict(reference.state_dict())
+    reference.train()
+    chunked.train()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    calls = []
+    original = res_layer._ChunkedConvNorm.apply
+    monkeypatch.setattr(
+        res_layer._ChunkedConvNorm,
+        'apply',
+        lambda *a: calls.append(1) or original(*a),
+    )
+    with monkeypatch.context() as plain:
+        plain.setattr(res_layer, '_chunkable', lambda block: False)
+        outs_ref = _step(reference, x)
+    assert not calls
+    outs = _step(chunked, x)
+    assert calls  # the chunked path ran
+    for a, b in zip(outs_ref, outs):
+        _assert_close(b, a)
+    for (name, p), q in zip(
+        reference.named_parameters(), chunked.parameters()
+    ):
+        _assert_close(q.grad, p.grad, name)
+    for (name, b), c in zip(reference.named_buffers(), chunked.buffers()):
+        if b.dtype.is_floating_point:
+            _assert_close(c, b, name)
+        else:  # num_batches_tracked: one step each
+            assert torch.equal(c, b), name
+
+
+def test_comparison_would_see_a_wrong_chunk(monkeypatch):
+    """The comparison can fail: a chunk normalised with its neighbour's
+    affine parameters is detected."""
+    monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 8)
+    conv = torch.nn.Conv2d(4, 32, 1, bias=False).double()
+    norm = randomize_norms(torch.nn.BatchNorm2d(32)).double().train()
+    h = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    expected = norm(conv(h)).detach()
+    gamma = norm.weight.detach().roll(8)
+    got = res_layer._ChunkedConvNorm.apply(
+        conv, copy.deepcopy(norm), h, conv.weight, gamma, norm.bias
+    )
+    assert not torch.allclose(got, expected)
+    got = res_layer._ChunkedConvNorm.apply(
+        conv, copy.deepcopy(norm), h, conv.weight, norm.weight, norm.bias
+    )
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
