@@ -173,6 +173,11 @@ def test_compiled_train_step_matches_eager():
         checkpointed_call.__name__,
         momentum_stage_memory_saving.__name__,
         'recomputed_call',
+        # The backward of the Functions of the concat-free heads, the
+        # banded loss and the chunked conv3/norm3 of the widest blocks.
+        '_BandedCrossEntropy.backward',
+        '_ConcatConvFunction.backward',
+        '_ChunkedConvNorm.backward',
     }
     for reason in breaks:
         assert (

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmrevnet.reversible import eager_under_compile
+
 __all__ = [
     'banded_loss_by_feat',
     'disable_banded_loss',
@@ -114,6 +116,7 @@ class _BandedCrossEntropy(torch.autograd.Function):
         return total, correct
 
     @staticmethod
+    @eager_under_compile  # run by autograd, also inside a compiled step
     def backward(ctx, grad_total, grad_correct):
         logits, label = ctx.saved_tensors
         grad = None
@@ -188,15 +191,19 @@ def banded_loss_by_feat(
     for loss_decode in _losses(head):
         if loss_decode.avg_non_ignore:
             if ignored is None:
-                ignored = (seg_label == ignore_index).sum().item()
+                # A tensor, not .item(): no host synchronisation.
+                ignored = (seg_label == ignore_index).sum().to(torch.float64)
             avg_factor = seg_label.numel() - ignored
         else:
             avg_factor = seg_label.numel()
         value = loss_decode.loss_weight * (total / (avg_factor + _EPS))
         name = loss_decode.loss_name
         loss[name] = value if name not in loss else loss[name] + value
-    labelled = seg_label.ne(ignore_index).sum().item()
-    loss['acc_seg'] = (correct.view(1) + _EPS).mul_(100.0 / (labelled + _EPS))
+    # The scale in float64, then in correct's dtype: the rounding of a
+    # Python-scalar multiply, without reading the count on the host.
+    labelled = seg_label.ne(ignore_index).sum().to(torch.float64)
+    scale = (100.0 / (labelled + _EPS)).to(correct.dtype)
+    loss['acc_seg'] = (correct.view(1) + _EPS) * scale
     return loss
 
 

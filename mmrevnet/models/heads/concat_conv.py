@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmrevnet.reversible import eager_under_compile
+
 __all__ = [
     'concat_conv',
     'disable_concat_free',
@@ -105,6 +107,7 @@ class _ConcatConvFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @eager_under_compile  # run by autograd, also inside a compiled step
     def backward(ctx, grad_out):
         stride, padding, dilation = ctx.settings
         weight, *parts = ctx.saved_tensors

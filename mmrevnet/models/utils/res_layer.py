@@ -17,7 +17,11 @@ from mmengine.model import Sequential
 from mmseg.models.backbones.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
 
-from mmrevnet.reversible import MomentumStage, checkpointed_call
+from mmrevnet.reversible import (
+    MomentumStage,
+    checkpointed_call,
+    eager_under_compile,
+)
 from mmrevnet.reversible.state import AutocastState
 
 RESIDUAL_FNS = ('branch', 'block')
@@ -95,6 +99,7 @@ class _ChunkedConvNorm(torch.autograd.Function):
         return out
 
     @staticmethod
+    @eager_under_compile  # run by autograd, also inside a compiled step
     def backward(ctx, grad_out):
         h, weight, gamma, beta = ctx.saved_tensors
         need_h = ctx.needs_input_grad[2]
