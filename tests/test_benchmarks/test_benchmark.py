@@ -19,12 +19,6 @@ from benchmarks.benchmark import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.xfail(
-    reason='known regression of the merged code: MRevNetV1c with '
-    'memory_saving=False saves 9.9% more than ResNetV1c (limit 5%); '
-    'not yet traced',
-    strict=False,
-)
 def test_memory_rows_are_deterministic_and_ordered():
     kwargs = dict(
         depths=(50,),

@@ -145,10 +145,13 @@ def _chunkable(block: Bottleneck) -> bool:
 
 
 def _momentum_bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
-    """The bottleneck branch; with grad (the memory-saving stage's
-    recomputation, or plain training) and at least four chunks of width,
-    conv3 and norm3 by channel chunks (:class:`_ChunkedConvNorm`)."""
-    if not (torch.is_grad_enabled() and _chunkable(block)):
+    """The bottleneck branch; in a stage that recomputes (any mode but
+    ``'plain'``), with grad and at least four chunks of width, conv3 and
+    norm3 by channel chunks (:class:`_ChunkedConvNorm`). A plain stage
+    keeps plain autograd, so it saves what a ResNet block saves."""
+    if not (
+        block.chunk_conv3 and torch.is_grad_enabled() and _chunkable(block)
+    ):
         return _bottleneck_branch(block, x)
     out = block.relu(block.norm1(block.conv1(x)))
     out = block.relu(block.norm2(block.conv2(out)))
@@ -230,6 +233,9 @@ class _MomentumResidual(_MMPretrainBlockArgs):
     def __init__(self, residual_fn: str = 'branch', **kwargs):
         super().__init__(**kwargs)
         self.residual_fn = residual_fn
+        # Set by the stage that recomputes this block (not a module
+        # setting: a block alone is plain autograd).
+        self.chunk_conv3 = False
 
     def forward(self, x: Tensor) -> Tensor:
         branch = self.drop_path(self._branch(x))
@@ -396,6 +402,8 @@ class MomentumResLayer(Sequential):
         super().__init__(*blocks)
         self.stage = stage
         self.keep_transition = keep_transition
+        for function in self.functions:
+            function.chunk_conv3 = stage.config.mode != 'plain'
 
     @property
     def functions(self):

@@ -35,11 +35,15 @@ def _step(model, x):
     return outs
 
 
-@pytest.mark.parametrize('memory_saving', [True, False])
-def test_chunked_bottleneck_matches_unchunked(monkeypatch, memory_saving):
-    """Chunked against unchunked, both on the plain path or both on the
-    memory-saving path (whose own agreement with the plain path is
-    tested in test_mrevnet.py)."""
+@pytest.mark.parametrize(
+    'memory_saving, with_cp', [(True, False), (False, True)]
+)
+def test_chunked_bottleneck_matches_unchunked(
+    monkeypatch, memory_saving, with_cp
+):
+    """Chunked against unchunked, both on the memory-saving path or both
+    checkpointed (the two modes that recompute; their own agreement with
+    the plain path is tested in test_mrevnet.py)."""
     # Chunks of 8 channels: layer3 (256) and layer4 (512) of this narrow
     # ResNet-50 are chunked, as layer4 (2048) of the full width is.
     monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 8)
@@ -49,6 +53,7 @@ def test_chunked_bottleneck_matches_unchunked(monkeypatch, memory_saving):
         base_channels=16,
         stem_channels=16,
         memory_saving=memory_saving,
+        with_cp=with_cp,
     ).double()
     randomize_norms(reference, count=3)
     reference = reference.double()
@@ -57,6 +62,7 @@ def test_chunked_bottleneck_matches_unchunked(monkeypatch, memory_saving):
         base_channels=16,
         stem_channels=16,
         memory_saving=memory_saving,
+        with_cp=with_cp,
     ).double()
     chunked.load_state_dict(reference.state_dict())
     reference.train()
@@ -86,6 +92,28 @@ def test_chunked_bottleneck_matches_unchunked(monkeypatch, memory_saving):
             _assert_close(c, b, name)
         else:  # num_batches_tracked: one step each
             assert torch.equal(c, b), name
+
+
+def test_plain_stage_is_plain_autograd(monkeypatch):
+    """``memory_saving=False`` without ``with_cp`` trains with plain
+    autograd: no block computes conv3/norm3 by chunks (so it saves what a
+    ResNet block saves)."""
+    monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 8)
+    calls = []
+    original = res_layer._ChunkedConvNorm.apply
+    monkeypatch.setattr(
+        res_layer._ChunkedConvNorm,
+        'apply',
+        lambda *a: calls.append(1) or original(*a),
+    )
+    model = MRevNetV1c(
+        depth=50, base_channels=16, stem_channels=16, memory_saving=False
+    ).train()
+    assert all(
+        res_layer._chunkable(f) for f in model.layer4.functions
+    )  # wide enough: only the mode keeps them plain
+    _step(model, torch.randn(2, 3, 32, 32))
+    assert not calls
 
 
 def test_comparison_would_see_a_wrong_chunk(monkeypatch):
