@@ -137,10 +137,40 @@ class MRevNetRunner(Runner):
         if not any(isinstance(h, MRevNetNonFiniteHook) for h in self.hooks):
             self.register_hook(MRevNetNonFiniteHook())
 
-    def load_checkpoint(self, filename, *args, **kwargs):
+    def load_checkpoint(
+        self,
+        filename,
+        map_location='cpu',
+        strict: bool = False,
+        revise_keys=((r'^module.', ''),),
+    ):
+        """``Runner.load_checkpoint``, with the objects of the file checked
+        before anything reads them.
+
+        The same steps as mmengine's (its ``_load_checkpoint`` and
+        ``_load_checkpoint_to_model``, the two halves of its method), with
+        :func:`~.checkpoint.check_checkpoint_objects` between them: a
+        refused file raises :class:`~.checkpoint.UntrustedCheckpointError`
+        before the ``after_load_checkpoint`` hooks and the model's
+        ``load_state_dict`` (and a strict key check) see it.
+        """
+        from mmengine.runner.checkpoint import (
+            _load_checkpoint,
+            _load_checkpoint_to_model,
+        )
+
         with runner_checkpoint_globals(filename):
-            checkpoint = super().load_checkpoint(filename, *args, **kwargs)
+            checkpoint = _load_checkpoint(filename, map_location=map_location)
         check_checkpoint_objects(checkpoint, filename)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model
+        if is_model_wrapper(model):
+            model = model.module
+        checkpoint = _load_checkpoint_to_model(
+            model, checkpoint, strict, revise_keys=list(revise_keys)
+        )
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
 
     def _init_model_weights(self) -> None:

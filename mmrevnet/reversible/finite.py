@@ -193,14 +193,13 @@ StageSource = Union[nn.Module, Mapping[str, object]]
 
 def _stages_with_names(source: StageSource):
     """``(name, stage, function names)`` in forward (module) order."""
-    from .stage import MomentumStage
-
     if isinstance(source, nn.Module):
         module_names = {id(m): n for n, m in source.named_modules()}
         found = []
         for name, module in source.named_modules():
+            # A momentum stage is what carries a FiniteRecord.
             stage = getattr(module, 'stage', None)
-            if not isinstance(stage, MomentumStage):
+            if not isinstance(getattr(stage, 'finite', None), FiniteRecord):
                 continue
             functions = getattr(module, 'functions', None) or []
             names = [module_names.get(id(f), '') for f in functions]

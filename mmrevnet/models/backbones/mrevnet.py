@@ -151,6 +151,10 @@ class MRevNet(ResNet):
             Defaults to False.
     """
 
+    #: Its load pre-hook renames mmpretrain's and torchvision's ResNet keys
+    #: (read by ``compare_state_dict`` to check a checkpoint as loaded).
+    maps_resnet_keys_on_load = True
+
     def __init__(
         self,
         depth: int,

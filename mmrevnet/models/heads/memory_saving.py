@@ -20,7 +20,7 @@ Two granularities:
   saves its input, so the tensors passed between the units of the head
   stay stored; the graph rebuilt in the backward is one unit's.
 
-Which one wins is measured in ``docs/benchmark/heads.md``.
+Which one wins is measured in ``docs/benchmark/segmentor.md``.
 """
 
 from typing import Iterator, List, Sequence

@@ -11,10 +11,92 @@ import copy
 import re
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import List
+
+from torch import nn
+
+from .key_mapping import detect_source, rename_keys
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint that does not fill the model exactly."""
+
+
+@dataclass
+class KeyReport:
+    """How a checkpoint's tensors fit a model.
+
+    Attributes:
+        missing (list[str]): Model keys the checkpoint lacks
+            (``num_batches_tracked`` excepted, as mmengine does).
+        unexpected (list[str]): Checkpoint keys the model lacks.
+        mismatched (list[str]): ``key: checkpoint shape vs model shape``.
+    """
+
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[str] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        """Whether the checkpoint fills the model exactly."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, first: int = 5) -> str:
+        """The first ``first`` keys of each kind, with their counts."""
+        lines = []
+        for title, keys in (
+            ('missing keys', self.missing),
+            ('unexpected keys', self.unexpected),
+            ('size-mismatched keys', self.mismatched),
+        ):
+            if not keys:
+                continue
+            lines.append(f'{len(keys)} {title}:')
+            lines.extend(f'    {key}' for key in keys[:first])
+            if len(keys) > first:
+                lines.append(f'    ... and {len(keys) - first} more')
+        return '\n'.join(lines)
+
+
+def compare_state_dict(model: nn.Module, state_dict, prefix='') -> KeyReport:
+    """Compare checkpoint tensors with a model's, as loading would see them.
+
+    Modules that rename mmpretrain's and torchvision's layouts on load (the
+    MRevNet backbones: ``maps_resnet_keys_on_load = True``, see
+    :func:`map_resnet_keys`) get the same renaming, applied to a copy here
+    first.
+
+    Args:
+        model (nn.Module): The model.
+        state_dict (Mapping): The checkpoint's tensors.
+        prefix (str): Prefix of the model's keys in ``state_dict``.
+
+    Returns:
+        KeyReport: Missing, unexpected and size-mismatched keys.
+    """
+    mapped = OrderedDict(state_dict)
+    for name, module in model.named_modules():
+        if getattr(module, 'maps_resnet_keys_on_load', False):
+            map_resnet_keys(module, mapped, prefix + (name and name + '.'))
+    own = OrderedDict(
+        (prefix + key, value) for key, value in model.state_dict().items()
+    )
+    report = KeyReport()
+    for key, value in own.items():
+        if key not in mapped:
+            if not key.endswith('num_batches_tracked'):
+                report.missing.append(key)
+        elif tuple(mapped[key].shape) != tuple(value.shape):
+            report.mismatched.append(
+                f'{key}: checkpoint {tuple(mapped[key].shape)}, model '
+                f'{tuple(value.shape)}'
+            )
+    report.unexpected = [
+        key for key in mapped if key.startswith(prefix) and key not in own
+    ]
+    return report
 
 
 def _gives_pretrained_weights(pretrained, init_cfg) -> bool:
@@ -133,9 +215,6 @@ def map_resnet_keys(module, state_dict, prefix: str = '') -> OrderedDict:
         OrderedDict: The backbone's tensors after renaming, without
         ``prefix``.
     """
-    # convert.py imports the backbones; import it when loading, not before.
-    from mmrevnet.models.convert import detect_source, rename_keys
-
     names = [key for key in state_dict if key.startswith(prefix)]
     local = OrderedDict((key[len(prefix) :], state_dict[key]) for key in names)
     if not local:
@@ -243,7 +322,6 @@ def pretrained_fit_check(module, strict: bool = True):
         return
     # The engine imports the backbones: import it when loading.
     from mmrevnet.engine.checkpoint import check_full_pickle_not_forced
-    from mmrevnet.engine.strict_loading import compare_state_dict
 
     # torch would load the file with the full pickle.
     check_full_pickle_not_forced()
