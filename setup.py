@@ -125,7 +125,8 @@ setup(
     # The start-up import hook (see mmrevnet/compat.py), beside its .pth.
     py_modules=[HOOK_MODULE],
     cmdclass={'build_py': BuildPyWithHook},
-    python_requires='>=3.8',
+    # The tested Python (CI and requirements/pinned.txt).
+    python_requires='>=3.11',
     license='Apache-2.0',
     install_requires=read_requirements('runtime.txt'),
     extras_require={
@@ -138,6 +139,7 @@ setup(
     },
     classifiers=[
         'Programming Language :: Python :: 3',
+        'Programming Language :: Python :: 3.11',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],
     zip_safe=False,

@@ -160,3 +160,31 @@ def test_docs_named_in_the_library_exist():
     missing = [(doc, source) for doc, source in sorted(named)
                if not pathlib.Path(REPO, doc).exists()]  # fmt: skip
     assert not missing
+
+
+def test_declared_minimums_are_the_tested_versions():
+    """The lower bound of each main dependency is the pinned (tested)
+    version, so nothing older is declared than CI runs."""
+    import re
+
+    def read(name):
+        with open(osp.join(REPO, 'requirements', name)) as f:
+            return [line.split('#')[0].strip() for line in f]
+
+    pinned = dict(
+        line.split('==') for line in read('pinned.txt') if '==' in line
+    )
+    lower = {}
+    for line in read('runtime.txt'):
+        match = re.match(r'([\w-]+)>=([\d.]+)', line)
+        if match:
+            lower[match.group(1)] = match.group(2)
+    names = ('torch', 'torchvision', 'mmengine', 'mmsegmentation')
+    assert set(names) <= set(lower)
+    for name in names + ('mmpretrain',):
+        tested = pinned[name].split('+')[0].split('.')
+        declared = lower[name].split('.')
+        assert tested[: len(declared)] == declared, (name, pinned[name])
+    with open(osp.join(REPO, 'setup.py')) as f:
+        assert "python_requires='>=3.11'" in f.read()
+    assert sys.version_info[:2] >= (3, 11)
