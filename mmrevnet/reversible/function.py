@@ -31,6 +31,7 @@ drift tracking: at once, raising in the pass that met the value).
 """
 
 import contextlib
+import weakref
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -243,7 +244,9 @@ class MomentumStageFunction(torch.autograd.Function):
                 fx = function(x_in)
             indices = ctx.layout[step]
             inputs = [x_in] + [params[i] for i in indices]
-            _check_closed_over(ctx.name, step, fx, inputs)
+            if function not in _CLOSED_OVER_CHECKED:
+                _check_closed_over(ctx.name, step, fx, inputs)
+                _CLOSED_OVER_CHECKED.add(function)
             # v_t needs only F_t(x_t), not its gradient. Where nothing in
             # F_t's graph keeps its output, v_t is written into the
             # output's memory before the VJP and v_{t+1}'s is released.
@@ -386,6 +389,12 @@ def _is_dense(tensor: Tensor) -> bool:
 
 def _shares_storage(a: Tensor, b: Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+#: Residual functions whose recomputed graph was found closed over their
+#: input and parameters. The graph a module builds is fixed by its code,
+#: so it is walked at the module's first memory-saving backward only.
+_CLOSED_OVER_CHECKED: 'weakref.WeakSet[nn.Module]' = weakref.WeakSet()
 
 
 def _check_closed_over(

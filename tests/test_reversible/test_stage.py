@@ -183,6 +183,34 @@ def test_closure_over_non_leaf_tensor_is_refused():
         out.backward()
 
 
+def test_closure_check_walks_each_function_once(monkeypatch):
+    """The closure check runs at a function's first memory-saving
+    backward, not at every one; a refused function is checked again."""
+    from mmrevnet.reversible import function as function_module
+
+    walked = []
+    original = function_module._check_closed_over
+    monkeypatch.setattr(
+        function_module,
+        '_check_closed_over',
+        lambda name, step, *a: walked.append(step) or original(name, step, *a),
+    )
+    stage = MomentumSequential(_conv_functions(3), gamma=0.9)
+    for _ in range(3):
+        x = torch.randn(2, 4, 6, 6, requires_grad=True)
+        stage(x).sum().backward()
+    assert sorted(walked) == [0, 1, 2]
+    walked.clear()
+    refused = MomentumSequential(
+        [_ClosureFunction(torch.ones(3, requires_grad=True))], gamma=0.9
+    )
+    for _ in range(2):
+        out = refused(torch.randn(4, 3, requires_grad=True)).sum()
+        with pytest.raises(RuntimeError, match='neither its input nor'):
+            out.backward()
+    assert walked == [0, 0]
+
+
 def test_frozen_parameter_is_not_a_closure():
     """A parameter with requires_grad=False is simply not trained."""
     functions = _conv_functions(3)
