@@ -115,7 +115,7 @@ class _ConcatConvFunction(torch.autograd.Function):
         need_weight, need_bias = needs[2], needs[3]
         dtype = ctx.compute_dtype
         grad_out = grad_out.to(dtype)
-        grad_weight = torch.empty_like(weight) if need_weight else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
         grad_parts: List[Optional[Tensor]] = []
         offset = 0
         for index, (part, resize) in enumerate(zip(parts, ctx.resizes)):
@@ -125,47 +125,56 @@ class _ConcatConvFunction(torch.autograd.Function):
                 grad_parts.append(None)
                 offset += width
                 continue
-            with torch.enable_grad():
-                leaf = part.detach().requires_grad_(need_part)
-                x = leaf if resize is None else _upsample(leaf, *resize)
             slices = _slices(width, offset)
-            grad_x = None
-            if need_part and len(slices) > 1:
-                grad_x = torch.empty_like(x, dtype=dtype)
-            for first, stop, column in slices:
-                grad_slice, grad_w, _ = torch.ops.aten.convolution_backward(
-                    grad_out,
-                    x.detach()[:, first:stop].to(dtype),
-                    weight[:, column : column + stop - first]
-                    .to(dtype)
-                    .contiguous(),
-                    None,
-                    list(stride),
-                    list(padding),
-                    list(dilation),
-                    False,
-                    [0, 0],
-                    1,
-                    [need_part, need_weight, False],
-                )
-                if need_weight:
-                    grad_weight[:, column : column + stop - first].copy_(
-                        grad_w
+            grad_part = torch.empty_like(part) if need_part else None
+            # One sample at a time: the input (upsampled), its gradient
+            # and the convolution backward's buffers exist for one sample
+            # only; the weight's gradient is the sum over the samples.
+            for sample in range(part.shape[0]):
+                with torch.enable_grad():
+                    leaf = (
+                        part[sample : sample + 1]
+                        .detach()
+                        .requires_grad_(need_part)
                     )
-                if need_part and grad_x is None:
-                    grad_x = grad_slice  # the part is one slice
-                elif need_part:
-                    grad_x[:, first:stop].copy_(grad_slice)
-                del grad_slice, grad_w
+                    x = leaf if resize is None else _upsample(leaf, *resize)
+                grad_x = None
+                if need_part and len(slices) > 1:
+                    grad_x = torch.empty_like(x, dtype=dtype)
+                for first, stop, column in slices:
+                    grad_slice, grad_w, _ = (
+                        torch.ops.aten.convolution_backward(
+                            grad_out[sample : sample + 1],
+                            x.detach()[:, first:stop].to(dtype),
+                            weight[:, column : column + stop - first]
+                            .to(dtype)
+                            .contiguous(),
+                            None,
+                            list(stride),
+                            list(padding),
+                            list(dilation),
+                            False,
+                            [0, 0],
+                            1,
+                            [need_part, need_weight, False],
+                        )
+                    )
+                    if need_weight:
+                        grad_weight[:, column : column + stop - first].add_(
+                            grad_w
+                        )
+                    if need_part and grad_x is None:
+                        grad_x = grad_slice  # the part is one slice
+                    elif need_part:
+                        grad_x[:, first:stop].copy_(grad_slice)
+                    del grad_slice, grad_w
+                if need_part:
+                    grad_x = grad_x.to(x.dtype)
+                    if x is not leaf:
+                        (grad_x,) = torch.autograd.grad(x, leaf, grad_x)
+                    grad_part[sample : sample + 1].copy_(grad_x)
+                del x, leaf, grad_x
             offset += width
-            grad_part = None
-            if need_part:
-                grad_x = grad_x.to(x.dtype)
-                if x is leaf:
-                    grad_part = grad_x
-                else:
-                    (grad_part,) = torch.autograd.grad(x, leaf, grad_x)
-            del x, leaf, grad_x
             grad_parts.append(grad_part)
         grad_bias = None
         if ctx.has_bias and need_bias:
@@ -253,6 +262,17 @@ def _uper_psp_forward(head, inputs):
     return _conv_module(head.bottleneck, _pyramid_parts(head, inputs[-1]))
 
 
+def _owns_output(module: nn.Module) -> bool:
+    """Whether ``module``'s output may be updated in place: nothing
+    autograd runs later reads it (no grad, or ``module`` is a recomputed
+    unit, whose Function saves its inputs only)."""
+    if not torch.is_grad_enabled():
+        return True
+    from .memory_saving import is_memory_saving
+
+    return is_memory_saving(module)
+
+
 def _uper_forward_feature(head, inputs):
     inputs = head._transform_inputs(inputs)
     laterals = [
@@ -262,12 +282,20 @@ def _uper_forward_feature(head, inputs):
     laterals.append(head.psp_forward(inputs))
     levels = len(laterals)
     for i in range(levels - 1, 0, -1):
-        laterals[i - 1] = laterals[i - 1] + F.interpolate(
+        upsampled = F.interpolate(
             laterals[i],
             size=laterals[i - 1].shape[2:],
             mode='bilinear',
             align_corners=head.align_corners,
         )
+        # The top-down sum in the finer lateral's memory where nothing
+        # saved that lateral (mmseg's sum allocates one more 1/4-resolution
+        # map of the head's width).
+        if _owns_output(head.lateral_convs[i - 1]):
+            laterals[i - 1] = laterals[i - 1].add_(upsampled)
+        else:
+            laterals[i - 1] = laterals[i - 1] + upsampled
+        del upsampled
     fpn_outs = [head.fpn_convs[i](laterals[i]) for i in range(levels - 1)]
     fpn_outs.append(laterals[-1])
     size = fpn_outs[0].shape[2:]
@@ -282,17 +310,20 @@ def _replacements(head) -> Optional[dict]:
     # Exact types: a subclass may override the methods replaced here.
     kind = type(head)
     if kind is PSPHead:
-        return dict(_forward_feature=_psp_forward_feature), [head.bottleneck]
-    if kind is ASPPHead:
+        methods = dict(_forward_feature=_psp_forward_feature)
+        convs = [head.bottleneck]
+    elif kind is ASPPHead:
         methods = dict(_forward_feature=_aspp_forward_feature)
-        return methods, [head.bottleneck, *head.aspp_modules]
-    if kind is UPerHead:
+        convs = [head.bottleneck, *head.aspp_modules]
+    elif kind is UPerHead:
         methods = dict(
             _forward_feature=_uper_forward_feature,
             psp_forward=_uper_psp_forward,
         )
-        return methods, [head.bottleneck, head.fpn_bottleneck]
-    return None
+        convs = [head.bottleneck, head.fpn_bottleneck]
+    else:
+        return None
+    return methods, convs
 
 
 def supports_concat_free(head: nn.Module) -> bool:
@@ -338,10 +369,11 @@ def enable_concat_free(head: nn.Module) -> bool:
 
 
 def _dispatch(name: str, head: nn.Module, inputs):
-    """The concat-free method ``name`` in training with grad; mmseg's own
-    in eval mode and under ``no_grad`` (FLOP counters, inference and
-    exports see the unchanged head)."""
-    if head.training and torch.is_grad_enabled():
+    """The concat-free method ``name`` in training mode (also under
+    ``no_grad``, as in the forward of a recomputed head); mmseg's own in
+    eval mode (FLOP counters, inference and exports see the unchanged
+    head)."""
+    if head.training:
         return _replacements(head)[0][name](head, inputs)
     return getattr(type(head), name)(head, inputs)
 
