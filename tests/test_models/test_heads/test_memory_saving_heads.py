@@ -551,6 +551,19 @@ def test_concat_conv_matches_conv_of_cat():
     )
     for a, b in zip(expected, got):
         torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+    # a part scaled per sample and channel (a channel dropout's mask)
+    scale = torch.rand(2, small.shape[1], 1, 1, dtype=torch.float64)
+    conv, plain_conv = (
+        torch.nn.Conv2d(module.SLICE_CHANNELS + 9, 6, 1).double(),
+        conv,
+    )
+    corner = (..., slice(0, 3), slice(0, 4))
+    grad = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    expected = run(lambda: conv(torch.cat([wide[corner], small * scale], 1)))
+    got = run(lambda: module.concat_conv(conv, [wide[corner], (small, scale)]))
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+    conv = plain_conv
     with pytest.raises(ValueError, match='the parts have 4 channels'):
         module.concat_conv(conv, [small])
     with pytest.raises(ValueError, match='groups=2'):
