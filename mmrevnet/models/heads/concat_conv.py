@@ -38,9 +38,11 @@ __all__ = [
     'supports_concat_free',
 ]
 
-#: A part of the concatenation: a tensor, or ``(tensor, size,
-#: align_corners)`` for a tensor to be upsampled bilinearly to ``size``.
-Part = Union[Tensor, Tuple[Tensor, Sequence[int], bool]]
+#: A part of the concatenation: a tensor, ``(tensor, size,
+#: align_corners)`` for a tensor to be upsampled bilinearly to ``size``, or
+#: ``(tensor, scale)`` for ``tensor * scale`` with a per-sample, per-channel
+#: ``scale`` of shape ``(N, C, 1, 1)`` (a channel dropout's mask).
+Part = Union[Tensor, Tuple[Tensor, Sequence[int], bool], Tuple[Tensor, Tensor]]
 
 
 def _upsample(x: Tensor, size, align_corners) -> Tensor:
@@ -48,6 +50,18 @@ def _upsample(x: Tensor, size, align_corners) -> Tensor:
     return F.interpolate(
         x, size=tuple(size), mode='bilinear', align_corners=align_corners
     )
+
+
+def _transform(x: Tensor, transform, sample: Optional[int] = None):
+    """The part as the convolution sees it (of one sample if given)."""
+    if transform is None:
+        return x
+    if transform[0] == 'resize':
+        return _upsample(x, *transform[1:])
+    scale = transform[1]
+    if sample is not None:
+        scale = scale[sample : sample + 1]
+    return x * scale
 
 
 #: Widest slice of input channels convolved at once: bounds the weight
@@ -67,19 +81,19 @@ def _slices(width: int, start: int):
 class _ConcatConvFunction(torch.autograd.Function):
     """``conv2d(cat(parts), weight, bias)`` slice by slice.
 
-    ``apply(settings, resizes, weight, bias, *parts)`` with ``settings =
-    (stride, padding, dilation)`` and ``resizes[i]`` None or ``(size,
-    align_corners)``.
+    ``apply(settings, transforms, weight, bias, *parts)`` with ``settings
+    = (stride, padding, dilation)`` and ``transforms[i]`` None,
+    ``('resize', size, align_corners)`` or ``('scale', scale)``.
     """
 
     @staticmethod
-    def forward(ctx, settings, resizes, weight, bias, *parts):
+    def forward(ctx, settings, transforms, weight, bias, *parts):
         stride, padding, dilation = settings
         out = None
         offset = 0
         with torch.no_grad():
-            for part, resize in zip(parts, resizes):
-                x = part if resize is None else _upsample(part, *resize)
+            for part, transform in zip(parts, transforms):
+                x = _transform(part, transform)
                 for first, stop, column in _slices(x.shape[1], offset):
                     y = F.conv2d(
                         x[:, first:stop],
@@ -100,7 +114,7 @@ class _ConcatConvFunction(torch.autograd.Function):
                 )
             if bias is not None:
                 out.add_(bias.to(out.dtype).view(1, -1, 1, 1))
-        ctx.settings, ctx.resizes = settings, resizes
+        ctx.settings, ctx.transforms = settings, transforms
         ctx.compute_dtype = out.dtype
         ctx.has_bias = bias is not None
         ctx.save_for_backward(weight, *parts)
@@ -115,58 +129,74 @@ class _ConcatConvFunction(torch.autograd.Function):
         need_weight, need_bias = needs[2], needs[3]
         dtype = ctx.compute_dtype
         grad_out = grad_out.to(dtype)
-        grad_weight = torch.empty_like(weight) if need_weight else None
-        grad_parts: List[Optional[Tensor]] = []
-        offset = 0
-        for index, (part, resize) in enumerate(zip(parts, ctx.resizes)):
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_parts: List[Optional[Tensor]] = [None] * len(parts)
+        offsets, offset = [], 0
+        for part in parts:
+            offsets.append(offset)
+            offset += part.shape[1]
+        # Parts the convolution sees transformed first: while their
+        # per-sample temporaries exist, the full-resolution gradient of an
+        # untransformed part does not exist yet.
+        order = sorted(
+            range(len(parts)), key=lambda i: ctx.transforms[i] is None
+        )
+        for index in order:
+            part, transform = parts[index], ctx.transforms[index]
             need_part = needs[4 + index]
-            width = part.shape[1]
             if not (need_part or need_weight):
-                grad_parts.append(None)
-                offset += width
                 continue
-            with torch.enable_grad():
-                leaf = part.detach().requires_grad_(need_part)
-                x = leaf if resize is None else _upsample(leaf, *resize)
-            slices = _slices(width, offset)
-            grad_x = None
-            if need_part and len(slices) > 1:
-                grad_x = torch.empty_like(x, dtype=dtype)
-            for first, stop, column in slices:
-                grad_slice, grad_w, _ = torch.ops.aten.convolution_backward(
-                    grad_out,
-                    x.detach()[:, first:stop].to(dtype),
-                    weight[:, column : column + stop - first]
-                    .to(dtype)
-                    .contiguous(),
-                    None,
-                    list(stride),
-                    list(padding),
-                    list(dilation),
-                    False,
-                    [0, 0],
-                    1,
-                    [need_part, need_weight, False],
-                )
-                if need_weight:
-                    grad_weight[:, column : column + stop - first].copy_(
-                        grad_w
+            slices = _slices(part.shape[1], offsets[index])
+            grad_part = torch.empty_like(part) if need_part else None
+            # One sample at a time: the input (upsampled), its gradient
+            # and the convolution backward's buffers exist for one sample
+            # only; the weight's gradient is the sum over the samples.
+            for sample in range(part.shape[0]):
+                with torch.enable_grad():
+                    leaf = (
+                        part[sample : sample + 1]
+                        .detach()
+                        .requires_grad_(need_part)
                     )
-                if need_part and grad_x is None:
-                    grad_x = grad_slice  # the part is one slice
-                elif need_part:
-                    grad_x[:, first:stop].copy_(grad_slice)
-                del grad_slice, grad_w
-            offset += width
-            grad_part = None
-            if need_part:
-                grad_x = grad_x.to(x.dtype)
-                if x is leaf:
-                    grad_part = grad_x
-                else:
-                    (grad_part,) = torch.autograd.grad(x, leaf, grad_x)
-            del x, leaf, grad_x
-            grad_parts.append(grad_part)
+                    x = _transform(leaf, transform, sample)
+                grad_x = None
+                if need_part and len(slices) > 1:
+                    grad_x = torch.empty_like(x, dtype=dtype)
+                for first, stop, column in slices:
+                    grad_slice, grad_w, _ = (
+                        torch.ops.aten.convolution_backward(
+                            grad_out[sample : sample + 1],
+                            x.detach()[:, first:stop].to(dtype),
+                            weight[:, column : column + stop - first]
+                            .to(dtype)
+                            .contiguous(),
+                            None,
+                            list(stride),
+                            list(padding),
+                            list(dilation),
+                            False,
+                            [0, 0],
+                            1,
+                            [need_part, need_weight, False],
+                        )
+                    )
+                    if need_weight:
+                        grad_weight[:, column : column + stop - first].add_(
+                            grad_w
+                        )
+                    if need_part and grad_x is None:
+                        grad_x = grad_slice  # the part is one slice
+                    elif need_part:
+                        grad_x[:, first:stop].copy_(grad_slice)
+                    del grad_slice, grad_w
+                if need_part:
+                    grad_x = grad_x.to(x.dtype)
+                    if x is not leaf:
+                        (grad_x,) = torch.autograd.grad(x, leaf, grad_x)
+                    grad_part[sample : sample + 1].copy_(grad_x)
+                del x, leaf, grad_x
+            grad_parts[index] = grad_part
+            del grad_part
         grad_bias = None
         if ctx.has_bias and need_bias:
             grad_bias = grad_out.sum((0, 2, 3)).to(weight.dtype)
@@ -194,7 +224,9 @@ def concat_conv(conv: nn.Conv2d, parts: Sequence[Part]) -> Tensor:
         parts (Sequence): Tensors in the order of the concatenation; a
             ``(tensor, size, align_corners)`` tuple stands for
             ``F.interpolate(tensor, size, mode='bilinear',
-            align_corners=align_corners)``, computed one part at a time.
+            align_corners=align_corners)`` and a ``(tensor, scale)`` tuple
+            for ``tensor * scale``, computed one part (in the backward one
+            sample) at a time.
 
     Returns:
         Tensor: The convolution's output.
@@ -202,18 +234,22 @@ def concat_conv(conv: nn.Conv2d, parts: Sequence[Part]) -> Tensor:
     reason = _check_conv(conv)
     if reason is not None:
         raise ValueError(f'concat_conv: the convolution is {reason}')
-    tensors, resizes = [], []
+    tensors, transforms = [], []
     for part in parts:
         if isinstance(part, Tensor):
             tensors.append(part)
-            resizes.append(None)
+            transforms.append(None)
+        elif len(part) == 2:
+            tensor, scale = part
+            tensors.append(tensor)
+            transforms.append(('scale', scale.detach()))
         else:
             tensor, size, align_corners = part
             tensors.append(tensor)
-            resizes.append((tuple(size), align_corners))
+            transforms.append(('resize', tuple(size), align_corners))
     settings = (tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
     return _ConcatConvFunction.apply(
-        settings, tuple(resizes), conv.weight, conv.bias, *tensors
+        settings, tuple(transforms), conv.weight, conv.bias, *tensors
     )
 
 
@@ -253,6 +289,17 @@ def _uper_psp_forward(head, inputs):
     return _conv_module(head.bottleneck, _pyramid_parts(head, inputs[-1]))
 
 
+def _owns_output(module: nn.Module) -> bool:
+    """Whether ``module``'s output may be updated in place: nothing
+    autograd runs later reads it (no grad, or ``module`` is a recomputed
+    unit, whose Function saves its inputs only)."""
+    if not torch.is_grad_enabled():
+        return True
+    from .memory_saving import is_memory_saving
+
+    return is_memory_saving(module)
+
+
 def _uper_forward_feature(head, inputs):
     inputs = head._transform_inputs(inputs)
     laterals = [
@@ -262,12 +309,20 @@ def _uper_forward_feature(head, inputs):
     laterals.append(head.psp_forward(inputs))
     levels = len(laterals)
     for i in range(levels - 1, 0, -1):
-        laterals[i - 1] = laterals[i - 1] + F.interpolate(
+        upsampled = F.interpolate(
             laterals[i],
             size=laterals[i - 1].shape[2:],
             mode='bilinear',
             align_corners=head.align_corners,
         )
+        # The top-down sum in the finer lateral's memory where nothing
+        # saved that lateral (mmseg's sum allocates one more 1/4-resolution
+        # map of the head's width).
+        if _owns_output(head.lateral_convs[i - 1]):
+            laterals[i - 1] = laterals[i - 1].add_(upsampled)
+        else:
+            laterals[i - 1] = laterals[i - 1] + upsampled
+        del upsampled
     fpn_outs = [head.fpn_convs[i](laterals[i]) for i in range(levels - 1)]
     fpn_outs.append(laterals[-1])
     size = fpn_outs[0].shape[2:]
@@ -276,23 +331,47 @@ def _uper_forward_feature(head, inputs):
     return _conv_module(head.fpn_bottleneck, parts)
 
 
+def _cls_seg(head, feat):
+    # mmseg's ``BaseDecodeHead.cls_seg`` without storing the dropped-out
+    # map for the classifier's backward: ``Dropout2d`` multiplies by a mask
+    # of shape (N, C, 1, 1), drawn here from the same random numbers (the
+    # dropout of ones is the mask), and the product is recomputed one
+    # sample at a time in the backward.
+    mask = head.dropout(feat.new_ones(*feat.shape[:2], 1, 1))
+    return concat_conv(head.conv_seg, [(feat, mask)])
+
+
+def _fusable_cls_seg(head) -> bool:
+    dropout = getattr(head, 'dropout', None)
+    return (
+        type(dropout) is nn.Dropout2d
+        and not dropout.inplace
+        and _check_conv(getattr(head, 'conv_seg', None)) is None
+    )
+
+
 def _replacements(head) -> Optional[dict]:
     from mmseg.models.decode_heads import ASPPHead, PSPHead, UPerHead
 
     # Exact types: a subclass may override the methods replaced here.
     kind = type(head)
     if kind is PSPHead:
-        return dict(_forward_feature=_psp_forward_feature), [head.bottleneck]
-    if kind is ASPPHead:
+        methods = dict(_forward_feature=_psp_forward_feature)
+        convs = [head.bottleneck]
+    elif kind is ASPPHead:
         methods = dict(_forward_feature=_aspp_forward_feature)
-        return methods, [head.bottleneck, *head.aspp_modules]
-    if kind is UPerHead:
+        convs = [head.bottleneck, *head.aspp_modules]
+    elif kind is UPerHead:
         methods = dict(
             _forward_feature=_uper_forward_feature,
             psp_forward=_uper_psp_forward,
         )
-        return methods, [head.bottleneck, head.fpn_bottleneck]
-    return None
+        convs = [head.bottleneck, head.fpn_bottleneck]
+    else:
+        return None
+    if _fusable_cls_seg(head):
+        methods['cls_seg'] = _cls_seg
+    return methods, convs
 
 
 def supports_concat_free(head: nn.Module) -> bool:
@@ -338,10 +417,11 @@ def enable_concat_free(head: nn.Module) -> bool:
 
 
 def _dispatch(name: str, head: nn.Module, inputs):
-    """The concat-free method ``name`` in training with grad; mmseg's own
-    in eval mode and under ``no_grad`` (FLOP counters, inference and
-    exports see the unchanged head)."""
-    if head.training and torch.is_grad_enabled():
+    """The concat-free method ``name`` in training mode (also under
+    ``no_grad``, as in the forward of a recomputed head); mmseg's own in
+    eval mode (FLOP counters, inference and exports see the unchanged
+    head)."""
+    if head.training:
         return _replacements(head)[0][name](head, inputs)
     return getattr(type(head), name)(head, inputs)
 

@@ -38,13 +38,16 @@ def _heads(segmentor: nn.Module) -> List[nn.Module]:
 
 def nested_units(head: nn.Module) -> List[nn.Module]:
     """Submodules of ``head`` worth recomputing separately inside the
-    head's recomputation: for mmseg's ``UPerHead`` the FPN's lateral and
-    output convolutions (at 1/4 resolution, their activations are the
-    largest of the head's backward); none for other heads."""
+    head's recomputation: for mmseg's ``UPerHead`` the FPN's lateral
+    convolutions (at 1/4 resolution; their outputs then take the top-down
+    sums in place); none for other heads. The FPN output convolutions
+    stay in the head's graph: recomputed separately, their recomputation
+    and backward coexist with the rest of the head's backward and raise
+    the step peak (measured in ``docs/benchmark/segmentor.md``)."""
     from mmseg.models.decode_heads import UPerHead
 
     if type(head) is UPerHead:
-        return [*head.lateral_convs, *head.fpn_convs]
+        return list(head.lateral_convs)
     return []
 
 

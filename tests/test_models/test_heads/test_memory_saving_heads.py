@@ -439,6 +439,49 @@ def test_default_segmentor_matches_mmseg(name):
             assert int(module.num_batches_tracked) == 2
 
 
+@pytest.mark.parametrize('memory_saving_heads', [None, 'module'])
+def test_uperhead_concat_free_matches_mmseg_without_head_recompute(
+    memory_saving_heads,
+):
+    """UPerNet's concat-free head where its laterals are not recomputed
+    units of a recomputed head (their outputs are saved, so the top-down
+    sums are not taken in place) or are units of their own: one step
+    against mmseg's ``EncoderDecoder``."""
+    plain = _build('upernet')
+    saving = _build(
+        'upernet',
+        type='MRevNetEncoderDecoder',
+        memory_saving_heads=memory_saving_heads,
+    )
+    saving.load_state_dict(plain.state_dict())
+    head = saving.decode_head
+    assert is_memory_saving(head.lateral_convs[0]) == (
+        memory_saving_heads == 'module'
+    )
+    inputs, samples = _batch()
+    losses = []
+    for model in (plain, saving):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(123)
+        loss = model.loss(inputs, samples)
+        sum(v for k, v in loss.items() if 'loss' in k).backward()
+        losses.append(loss)
+    for key in losses[0]:
+        torch.testing.assert_close(
+            losses[1][key], losses[0][key], rtol=RTOL, atol=ATOL
+        )
+    _assert_same(plain, saving)
+
+
+def test_uperhead_nested_units_are_the_laterals():
+    """In the default segmentor the lateral convolutions are recomputed
+    inside the head's recomputation, the FPN output convolutions not."""
+    head = _build('upernet', type='MRevNetEncoderDecoder').decode_head
+    assert all(is_memory_saving(m) for m in head.lateral_convs)
+    assert not any(is_memory_saving(m) for m in head.fpn_convs)
+    assert 'cls_seg' in head.__dict__
+
+
 def _head_loss(head, logits, samples, seed=3):
     head.zero_grad(set_to_none=True)
     logits = logits.detach().requires_grad_(True)
@@ -551,6 +594,19 @@ def test_concat_conv_matches_conv_of_cat():
     )
     for a, b in zip(expected, got):
         torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+    # a part scaled per sample and channel (a channel dropout's mask)
+    scale = torch.rand(2, small.shape[1], 1, 1, dtype=torch.float64)
+    conv, plain_conv = (
+        torch.nn.Conv2d(module.SLICE_CHANNELS + 9, 6, 1).double(),
+        conv,
+    )
+    corner = (..., slice(0, 3), slice(0, 4))
+    grad = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    expected = run(lambda: conv(torch.cat([wide[corner], small * scale], 1)))
+    got = run(lambda: module.concat_conv(conv, [wide[corner], (small, scale)]))
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+    conv = plain_conv
     with pytest.raises(ValueError, match='the parts have 4 channels'):
         module.concat_conv(conv, [small])
     with pytest.raises(ValueError, match='groups=2'):
