@@ -120,7 +120,6 @@ RESULTS: Dict[str, Result] = {
             'benchmarks/precision.py',
             'tools/analysis_tools/check_precision.py',
         ),
-        historical='made at commit 4270c7a; ' + _NOT_RERUN,
     ),
     'demo': Result(
         outputs=(
