@@ -235,7 +235,6 @@ RESULTS: Dict[str, Result] = {
         '--batch-size 2 --rounds 5 --out docs/benchmark/compile',
         sources=_MODELS
         + ('mmrevnet/analysis/memory.py', 'benchmarks/compile_step.py'),
-        historical='made at commit dcde098; ' + _NOT_RERUN,
     ),
     'gpu_h100': Result(
         outputs=(
