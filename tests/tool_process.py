@@ -35,7 +35,8 @@ from typing import List, Optional, Sequence
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 #: Imported before forking: what the tools and mmengine's Runner import
-#: (``collect_env`` the distutils compiler classes), ``mmrevnet`` before
+#: (its environment report the distutils compiler classes, its visualizer
+#: matplotlib), ``mmrevnet`` before
 #: mmseg (it applies the mmcv-lite shim) as the tools do.
 SEGMENTATION = (
     'torch',
@@ -43,6 +44,8 @@ SEGMENTATION = (
     'torchvision',
     'distutils.ccompiler',
     'torch.utils.cpp_extension',
+    'matplotlib.backends.backend_agg',
+    'matplotlib.figure',
     'mmengine.runner',
     'mmrevnet',
     'mmrevnet.engine',
@@ -58,6 +61,8 @@ CLASSIFICATION = (
     'torchvision',
     'distutils.ccompiler',
     'torch.utils.cpp_extension',
+    'matplotlib.backends.backend_agg',
+    'matplotlib.figure',
     'mmengine.runner',
     'mmrevnet',
     'mmrevnet.engine',

@@ -8,12 +8,13 @@
 # test path it runs everything under tests/; with one (e.g.
 # tests/test_compat.py or tests/test_compat.py::test_name) only that.
 #
-# Tests run in two pytest-xdist workers, one test file at a time per worker
-# (--dist loadfile: a file's module fixtures are built once), each worker
-# and the tools it starts with one intra-op thread (OMP_NUM_THREADS=1), so
-# that the two workers share the 2 cores instead of oversubscribing them.
-# Pass -n 0 (or -n N, or -p no:xdist) to choose otherwise; set
-# OMP_NUM_THREADS to keep another thread count.
+# The whole suite runs in two pytest-xdist workers, one test file at a time
+# per worker (--dist loadfile: a file's module fixtures are built once),
+# each worker and the tools it starts with one intra-op thread
+# (OMP_NUM_THREADS=1), so that the two workers share the 2 cores instead of
+# oversubscribing them. A selection runs in this process as before. Pass
+# -n N (or -n 0, or -p no:xdist) to choose otherwise; set OMP_NUM_THREADS
+# to keep another thread count.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,7 +30,7 @@ for arg in "$@"; do
     case "$arg" in
         -n | -n* | --numprocesses | --numprocesses=* | no:xdist) workers=() ;;
         -*) ;;
-        *) if [[ -e "${arg%%::*}" ]]; then targets=(); fi ;;
+        *) if [[ -e "${arg%%::*}" ]]; then targets=() workers=(); fi ;;
     esac
 done
 if (( ${#workers[@]} )); then
