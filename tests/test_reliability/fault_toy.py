@@ -12,6 +12,11 @@ from mmengine.registry import DATASETS, MODELS
 from torch.utils.data import Dataset
 
 WIDTH = 256
+#: Samples: 32 iterations of batch 4 per epoch. mmengine's iteration-based
+#: loop sleeps 2 s at every epoch end, also while a resumed run skips the
+#: batches already trained, so short epochs would make each late run of the
+#: kill loop wait; a few epoch ends are still crossed.
+SAMPLES = 128
 #: Elements of the unused buffer (float32).
 BALLAST = 1 << 20
 
@@ -35,11 +40,11 @@ class KillLoopToyModel(BaseModel):
 
 @DATASETS.register_module(force=True)
 class KillLoopToyDataset(Dataset):
-    """32 generated samples of a fixed linear map."""
+    """``SAMPLES`` generated samples of a fixed linear map."""
 
     def __init__(self):
         gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(32, WIDTH, generator=gen)
+        self.x = torch.randn(SAMPLES, WIDTH, generator=gen)
         self.y = self.x.roll(1, dims=1) * 0.5
 
     def __len__(self):

@@ -172,9 +172,19 @@ def main(spec_file: str) -> None:
     with open(spec_file) as f:
         spec = json.load(f)
     torch.set_num_threads(1)
-    import mmengine.runner  # noqa: F401  (imported once, before forking)
+    # Imported once, before forking: what the tool and the Runner import,
+    # including what the Runner imports only when it starts (the
+    # environment report imports torchvision and the distutils compiler
+    # classes, the visualizer matplotlib).
+    import distutils.ccompiler  # noqa: F401
+
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import mmengine.runner  # noqa: F401
+    import torchvision  # noqa: F401
 
     import mmrevnet.engine  # noqa: F401
+    import test_reliability.fault_toy  # noqa: F401
     from mmrevnet.engine.checkpoint import find_resumable_checkpoint
 
     tool = _load_tool()

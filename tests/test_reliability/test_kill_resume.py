@@ -46,7 +46,7 @@ def test_killed_training_resumes(tmp_path):
                 root=str(tmp_path),
                 kills=KILLS,
                 delay=1.0,
-                startup_delay=1.5,
+                startup_delay=0.4,
                 final_iterations=2,
             )
         )

@@ -7,6 +7,7 @@ import sys
 import torch
 import torchvision
 from mmpretrain.models.backbones import ResNetV1d as PretrainResNetV1d
+from tool_process import run_tools
 
 from mmrevnet.models import MRevNet, MRevNetV1d
 from mmrevnet.models.convert import detect_layout
@@ -29,24 +30,36 @@ def _convert(*args):
 def test_torchvision_gets_the_matching_variant(tmp_path):
     src, dst = tmp_path / 'resnet18.pth', tmp_path / 'mrevnet18.pth'
     torch.save(torchvision.models.resnet18().state_dict(), src)
-    result = _convert(src, dst)
+    refused, partial = tmp_path / 'refused.pth', tmp_path / 'partial.pth'
+    # The three command lines in one process that forks a run of the tool
+    # per line (tests/tool_process.py); the other tests here start
+    # ``python tools/model_converters/resnet_to_mrevnet.py`` itself.
+    converted, refused_run, partial_run = run_tools(
+        [
+            [TOOL, src, dst],
+            [TOOL, src, refused, '--variant', 'v1c'],
+            [TOOL, src, partial, '--variant', 'v1c', '--non-strict'],
+        ],
+        preload=('torch', 'mmrevnet', 'mmrevnet.models.convert'),
+    )
+    result = converted
     assert result.returncode == 0, result.stderr
     assert 'target: MRevNet(depth=18)' in result.stdout
     MRevNet(depth=18).load_state_dict(
         torch.load(dst, weights_only=True)['state_dict'], strict=True
     )
     # The wrong target is refused: exit status 1, nothing written.
-    refused = tmp_path / 'refused.pth'
-    result = _convert(src, refused, '--variant', 'v1c')
+    result = refused_run
     assert result.returncode == 1
     assert 'stem.0.weight' in result.stderr
     assert '--non-strict' in result.stderr
     assert 'saved' not in result.stdout
     assert not osp.exists(refused)
     # ... unless a partial result is asked for.
-    result = _convert(src, refused, '--variant', 'v1c', '--non-strict')
+    result = partial_run
     assert result.returncode == 0, result.stderr
     assert 'warning: the checkpoint does not fill' in result.stdout
+    assert osp.exists(partial)
 
 
 def test_mmpretrain_v1d_layout_is_detected(tmp_path):

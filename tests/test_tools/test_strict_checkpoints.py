@@ -1,5 +1,6 @@
 """``tools/test.py`` loads checkpoints strictly unless told otherwise."""
 
+import os.path as osp
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import torch
 import torchvision
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from tool_process import run_tools
 
 from mmrevnet.engine.strict_loading import compare_state_dict
 
@@ -25,20 +27,17 @@ def _segmentor(options):
 
 
 def _test_tool(checkpoint, options, tmp_path, *flags):
-    args = [
-        sys.executable,
+    """``tools/test.py`` arguments (after ``python``)."""
+    return [
         'tools/test.py',
         config_path(HEAD, LAYOUT),
         str(checkpoint),
         '--work-dir',
-        str(tmp_path / 'test'),
+        str(tmp_path / f'test_{osp.basename(checkpoint)}{"".join(flags)}'),
         *flags,
         '--cfg-options',
         *cli_options(options),
     ]
-    return subprocess.run(
-        args, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
 
 
 def test_compare_state_dict_maps_mmpretrain_keys():
@@ -58,14 +57,30 @@ def test_test_tool_refuses_misfitting_checkpoints(data_roots, tmp_path):
     options = tiny_options(HEAD, LAYOUT, data_roots[LAYOUT])
     good = tmp_path / 'good.pth'
     torch.save({'state_dict': _segmentor(options).state_dict()}, good)
-    result = _test_tool(good, options, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert 'mIoU: ' in result.stdout + result.stderr
-
     # A torchvision ResNet-50 file: nothing of the segmentor is in it.
     torchvision_file = tmp_path / 'resnet50-tv.pth'
     torch.save(torchvision.models.resnet50().state_dict(), torchvision_file)
-    result = _test_tool(torchvision_file, options, tmp_path)
+    # A deeper backbone's checkpoint on the depth-18 config.
+    deeper = dict(options, **{'model.backbone.depth': 34})
+    depth34 = tmp_path / 'depth34.pth'
+    torch.save({'state_dict': _segmentor(deeper).state_dict()}, depth34)
+    # The four command lines in one process that forks a run of the tool
+    # per line (tests/tool_process.py); test_segmentation_e2e.py and
+    # test_safe_loading.py start ``python tools/test.py`` itself.
+    good_run, torchvision_run, strict_run, non_strict_run = run_tools(
+        [
+            _test_tool(good, options, tmp_path),
+            _test_tool(torchvision_file, options, tmp_path),
+            _test_tool(depth34, options, tmp_path),
+            _test_tool(depth34, options, tmp_path, '--non-strict'),
+        ]
+    )
+
+    result = good_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'mIoU: ' in result.stdout + result.stderr
+
+    result = torchvision_run
     assert result.returncode != 0
     assert 'does not fit the model' in result.stderr
     assert 'missing keys:' in result.stderr
@@ -73,16 +88,12 @@ def test_test_tool_refuses_misfitting_checkpoints(data_roots, tmp_path):
     assert '--non-strict' in result.stderr
     assert 'mIoU: ' not in result.stdout + result.stderr
 
-    # A deeper backbone's checkpoint on the depth-18 config.
-    deeper = dict(options, **{'model.backbone.depth': 34})
-    depth34 = tmp_path / 'depth34.pth'
-    torch.save({'state_dict': _segmentor(deeper).state_dict()}, depth34)
-    result = _test_tool(depth34, options, tmp_path)
+    result = strict_run
     assert result.returncode != 0
     assert 'unexpected keys:' in result.stderr
     assert 'backbone.layer1.2.conv1.weight' in result.stderr
     # ... accepted when asked for.
-    result = _test_tool(depth34, options, tmp_path, '--non-strict')
+    result = non_strict_run
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from tool_process import CLASSIFICATION, run_tools
 
 from mmrevnet.datasets.synthetic import generate_imagefolder
 
@@ -69,23 +70,22 @@ def test_test_tool_out_for_a_classifier(tmp_path):
         {'state_dict': MODELS.build(cfg.model).state_dict()}, checkpoint
     )
     out = tmp_path / 'preds.pkl'
-    work = tmp_path / 'work'
-    result = _run(
-        'tools/test.py', config, checkpoint, '--out', out, '--work-dir', work
+    # Both command lines in one process that forks a run of the tool per
+    # line (tests/tool_process.py).
+    result, refused = run_tools(
+        [
+            ['tools/test.py', config, checkpoint, '--out', out]
+            + ['--work-dir', tmp_path / 'work'],
+            ['tools/test.py', config, checkpoint, '--out', tmp_path / 'dir']
+            + ['--work-dir', tmp_path / 'work_refused'],
+        ],
+        preload=CLASSIFICATION,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out, 'rb') as f:
         predictions = pickle.load(f)
     assert len(predictions) == 4
-    result = _run(
-        'tools/test.py',
-        config,
-        checkpoint,
-        '--out',
-        tmp_path / 'dir',
-        '--work-dir',
-        work,
-    )
+    result = refused
     assert result.returncode != 0
     assert '--out must be a .pkl or .pickle file' in result.stderr
 
