@@ -151,8 +151,6 @@ RESULTS: Dict[str, Result] = {
             'benchmarks/digits.py',
             'tools/analysis_tools/digits_results.py',
         ),
-        historical='made at commit a77cfe8 (before this version); '
-        + _NOT_RERUN,
     ),
     'full_res': Result(
         outputs=(
