@@ -40,6 +40,11 @@ def _ranks(root: psutil.Process) -> dict:
     return ranks
 
 
+def _trained_two_iterations(work_dir) -> bool:
+    names = work_dir.glob('iter_*.pth') if work_dir.is_dir() else ()
+    return any(int(path.stem[len('iter_') :]) >= 2 for path in names)
+
+
 def test_killed_rank_ends_the_job(tmp_path):
     work_dir = tmp_path / 'work'
     env = dict(
@@ -68,9 +73,11 @@ def test_killed_rank_ends_the_job(tmp_path):
     )
     try:
         deadline = time.monotonic() + 300
-        # Both ranks are training once rank 0 has saved a checkpoint (a
-        # collective of both ranks precedes every step).
-        while not (work_dir / 'iter_2.pth').exists():
+        # Both ranks are training once rank 0 has saved the checkpoint of
+        # a second iteration (a collective of both ranks precedes every
+        # step). Older checkpoints are deleted as training goes on
+        # (max_keep_ckpts), so any iteration from the second counts.
+        while not _trained_two_iterations(work_dir):
             assert job.poll() is None, (tmp_path / 'job.log').read_text()
             assert time.monotonic() < deadline, 'training did not start'
             time.sleep(0.2)
