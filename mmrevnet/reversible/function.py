@@ -31,6 +31,7 @@ drift tracking: at once, raising in the pass that met the value).
 """
 
 import contextlib
+import sys
 import weakref
 from typing import Dict, List, Optional, Sequence
 
@@ -183,6 +184,8 @@ class MomentumStageFunction(torch.autograd.Function):
     @staticmethod
     @eager_under_compile  # run by autograd, also inside a compiled step
     def backward(ctx, grad_output):
+        # First, before any local name refers to it (see _users).
+        grad_output_users = _users(grad_output)
         if torch.is_grad_enabled():
             raise RuntimeError(
                 f'Momentum stage {ctx.name!r}: double backward '
@@ -208,13 +211,20 @@ class MomentumStageFunction(torch.autograd.Function):
         params = ctx.params
         param_grads: List[Optional[Tensor]] = [None] * ctx.num_params
         # Buffers are reused so that a block's backward holds no more than
-        # it needs: the stage output, one working position, one velocity,
-        # the recomputed F_t, and the two adjoints grad_x and cotangent.
-        # The saved velocity and stored states become working memory when
-        # the graph is not kept for another backward (x_T is the stage's
-        # output: it is never overwritten).
+        # it needs: one working position, one velocity, the recomputed F_t,
+        # and the two adjoints grad_x and cotangent. The saved velocity and
+        # stored states become working memory when the graph is not kept
+        # for another backward. The stage output x_T becomes the working
+        # position, and autograd's grad_output the adjoint grad_x, only
+        # when nothing but autograd itself refers to their memory (see
+        # :func:`_only_autograd_holds`): the caller may still read x_T,
+        # and a gradient may also be on its way to another node.
         saved_are_ours = not _graph_kept()
-        owns_x, owns_v, owns_grad_x = False, saved_are_ours, False
+        owns_v = saved_are_ours
+        owns_x = saved_are_ours and _only_autograd_holds(x, _users(x), 'saved')
+        owns_grad_x = grad_output.dtype == x.dtype and _only_autograd_holds(
+            grad_output, grad_output_users, 'grad'
+        )
         grad_x = grad_output
         # A buffer of the stage's shape that is ours and free.
         spare: Optional[Tensor] = None
@@ -298,8 +308,8 @@ class MomentumStageFunction(torch.autograd.Function):
                 if owns_grad_x:
                     grad_x.add_(grad_in)
                 elif _is_dense(grad_in):
-                    # autograd's grad_output is not ours to modify; the
-                    # fresh input gradient is.
+                    # grad_output has other users; the fresh input
+                    # gradient is ours.
                     grad_x, owns_grad_x = grad_in.add_(grad_x), True
                 else:  # e.g. an expanded gradient: no in-place write
                     grad_x, owns_grad_x = grad_in + grad_x, True
@@ -350,6 +360,103 @@ def _graph_kept() -> bool:
         return bool(query())
     except RuntimeError:
         return True
+
+
+def _users(tensor: Tensor) -> tuple:
+    """``(memory users, tensor users, Python references)`` of ``tensor``.
+
+    Three counts private to torch or CPython: how many tensors
+    (TensorImpls) refer to its memory (``torch._C._storage_Use_Count``;
+    the Python storage object made to ask counts once), how many
+    references its TensorImpl has (``Tensor._use_count``) and how many
+    Python references its object has (``sys.getrefcount``). Called
+    directly from a backward's body, so that the frames between autograd
+    and the call are the same as in :class:`_AutogradHolders`.
+    """
+    try:
+        storage = torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+        return (storage, tensor._use_count(), sys.getrefcount(tensor))
+    except (AttributeError, RuntimeError, TypeError):
+        return ()
+
+
+class _AutogradHolders(torch.autograd.Function):
+    """Measures what autograd alone holds in a custom backward.
+
+    The forward saves its output, as the stage does; nothing but autograd
+    holds the output or the incoming gradient (the consumer makes a fresh
+    one). The backward is wrapped and reads the counts as the stage's
+    does.
+    """
+
+    counts: Optional[Dict[str, tuple]] = None
+
+    @staticmethod
+    def forward(ctx, x):
+        out = x + 1
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @eager_under_compile
+    def backward(ctx, grad_output):
+        grad_output_users = _users(grad_output)
+        saved = ctx.saved_tensors
+        out = saved[0]
+        del saved
+        _AutogradHolders.counts = dict(
+            saved=_users(out)[:2], grad=grad_output_users
+        )
+        return grad_output
+
+
+class _FreshGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output.expand(2).clone()
+
+
+def _autograd_holder_counts() -> Optional[Dict[str, tuple]]:
+    """:func:`_users` of a saved output and of a gradient that only
+    autograd holds, measured once per process on the installed torch
+    (None when they cannot be measured: then nothing is reused).
+    """
+    if _AutogradHolders.counts is None:
+        try:
+            with torch.enable_grad():
+                leaf = torch.zeros(2, requires_grad=True)
+                _FreshGradient.apply(_AutogradHolders.apply(leaf)).backward()
+        except (AttributeError, RuntimeError, TypeError):
+            _AutogradHolders.counts = {}
+        counts = _AutogradHolders.counts
+        if not counts or not all(counts.values()):
+            _AutogradHolders.counts = {}
+    return _AutogradHolders.counts or None
+
+
+def _only_autograd_holds(tensor: Tensor, users: tuple, kind: str) -> bool:
+    """Whether ``tensor``'s memory is referred to by autograd alone.
+
+    ``kind`` is ``'saved'`` for the stage's output as unpacked from the
+    saved tensors (``users``: its first two counts), ``'grad'`` for the
+    incoming gradient (``users`` read first thing in the backward). Any
+    other reference to the same memory (the caller's to the output, a
+    detached copy or a view of it, the same gradient passed to another
+    node, a hook or ``retain_grad`` keeping it) adds a user, and then the
+    memory is not overwritten. The counts are compared with those of a
+    probe Function in the same situation, so a torch that counts
+    differently reuses nothing rather than too much.
+    """
+    counts = _autograd_holder_counts()
+    if counts is None or not _is_dense(tensor) or tensor._base is not None:
+        return False
+    if kind == 'saved':
+        users = users[:2]
+    return users == counts[kind]
 
 
 def _output_reusable(fx: Tensor, v: Tensor) -> bool:

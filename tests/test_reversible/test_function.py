@@ -165,3 +165,105 @@ def test_stage_output_modified_in_place_is_detected(rh):
     out.add_(1.0)
     with pytest.raises(RuntimeError, match='inplace'):
         out.sum().backward()
+
+
+# The stage output x_T and autograd's grad_output become working memory of
+# the backward only when nothing but autograd refers to them.
+
+
+def _weighted_loss(rh, out):
+    return (out * rh.data(out.shape, seed=123, grad=False)).sum()
+
+
+def _grads(module, x):
+    return [x.grad] + [p.grad for p in module.parameters()]
+
+
+def _assert_grads_equal(rh, rev, plain, x_rev, x_plain, tol=1e-12):
+    for a, b in zip(_grads(rev, x_rev), _grads(plain, x_plain)):
+        assert rh.max_rel(a, b) <= tol
+
+
+def test_backward_with_the_output_dropped_is_exact(rh):
+    """Only autograd holds x_T and grad_output: both are reused."""
+    rev, plain = rh.make_pair(rh.conv_bn_list(4), 0.9)
+    x_rev, x_plain = rh.data(), rh.data()
+    _weighted_loss(rh, rev(x_rev)).backward()
+    _weighted_loss(rh, plain(x_plain)).backward()
+    _assert_grads_equal(rh, rev, plain, x_rev, x_plain)
+
+
+@pytest.mark.parametrize('alias', ['output', 'detached', 'view'])
+def test_output_the_caller_holds_is_left_unchanged(rh, alias):
+    rev, plain = rh.make_pair(rh.conv_bn_list(4), 0.9)
+    x_rev, x_plain = rh.data(), rh.data()
+    out = rev(x_rev)
+    held = {'output': out, 'detached': out.detach(), 'view': out[:, :2]}
+    held = held[alias]
+    expected = held.detach().clone()
+    loss = _weighted_loss(rh, out)
+    del out
+    loss.backward()
+    assert torch.equal(held, expected)
+    _weighted_loss(rh, plain(x_plain)).backward()
+    _assert_grads_equal(rh, rev, plain, x_rev, x_plain)
+
+
+def test_gradient_also_sent_to_another_stage_is_left_unchanged(rh):
+    """``a + b``: autograd sends one gradient tensor to both stages; the
+    one whose backward runs first must not write into it."""
+    rev_a, plain_a = rh.make_pair(rh.conv_bn_list(3, seed=0), 0.9)
+    rev_b, plain_b = rh.make_pair(rh.conv_bn_list(3, seed=1), 0.9)
+    xs = [rh.data(seed=s) for s in (1, 2, 1, 2)]
+    _weighted_loss(rh, rev_a(xs[0]) + rev_b(xs[1])).backward()
+    _weighted_loss(rh, plain_a(xs[2]) + plain_b(xs[3])).backward()
+    _assert_grads_equal(rh, rev_a, plain_a, xs[0], xs[2])
+    _assert_grads_equal(rh, rev_b, plain_b, xs[1], xs[3])
+
+
+def test_gradient_kept_by_a_hook_is_left_unchanged(rh):
+    rev, _ = rh.make_pair(rh.conv_bn_list(4), 0.9)
+    out = rev(rh.data())
+    kept = []
+    out.register_hook(kept.append)
+    weight = rh.data(out.shape, seed=123, grad=False)
+    loss = (out * weight).sum()
+    del out
+    loss.backward()
+    assert torch.equal(kept[0], weight)
+
+
+def test_retained_graph_leaves_the_output_and_gradients_correct(rh):
+    rev, plain = rh.make_pair(rh.conv_bn_list(4), 0.9)
+    x_rev, x_plain = rh.data(), rh.data()
+    loss = _weighted_loss(rh, rev(x_rev))
+    loss.backward(retain_graph=True)
+    loss.backward()
+    loss_plain = _weighted_loss(rh, plain(x_plain))
+    loss_plain.backward(retain_graph=True)
+    loss_plain.backward()
+    _assert_grads_equal(rh, rev, plain, x_rev, x_plain)
+
+
+@pytest.mark.parametrize('holder', ['output', 'gradient'])
+def test_reuse_lowers_the_step_peak_by_a_stage_buffer(rh, holder):
+    """Holding x_T or its gradient outside autograd costs one buffer of
+    the stage's size at the peak (a few bytes of bookkeeping aside)."""
+    from mmrevnet.analysis.memory import step_peak_bytes
+
+    rev, _ = rh.make_pair(rh.conv_bn_list(4, dtype=torch.float32), 0.9)
+    x = rh.data((2, 4, 32, 32), dtype=torch.float32)
+    weight = rh.data(x.shape, seed=123, dtype=torch.float32, grad=False)
+    held = []
+
+    def step(hold):
+        out = rev(x)
+        if hold and holder == 'output':
+            held.append(out.detach())
+        elif hold:
+            out.register_hook(held.append)
+        return (out * weight).sum()
+
+    reused = step_peak_bytes(rev, lambda: step(False), exclude=[x])
+    not_reused = step_peak_bytes(rev, lambda: step(True), exclude=[x])
+    assert not_reused - reused >= 0.99 * x.nbytes

@@ -5,7 +5,10 @@ assumes: each test fails when torch changes one of them.
 its graph (``torch._C._autograd._get_current_graph_task_keep_graph``);
 ``function._output_reusable`` reads a node's ``_saved_result`` (the output
 it keeps), a custom Function node's ``_forward_cls`` and a tensor's
-``_base``. A changed name would not make the backward wrong (unknown means
+``_base``; ``function._only_autograd_holds`` counts the users of a
+tensor's memory and object (``torch._C._storage_Use_Count``,
+``Tensor._use_count``, ``sys.getrefcount``) against a probe Function. A
+changed name would not make the backward wrong (unknown means
 "kept" / "not reusable"), only use more memory; these tests make that
 visible.
 """
@@ -58,3 +61,14 @@ def test_output_reusable_reads_the_nodes_it_expects():
     assert isinstance(c.grad_fn, torch.autograd.function.BackwardCFunction)
     assert c.grad_fn._forward_cls is _AskKept
     assert not function._output_reusable(c, c.detach())
+
+
+def test_holder_counts_are_measured_and_tell_a_held_output():
+    assert callable(torch._C._storage_Use_Count)
+    counts = function._autograd_holder_counts()
+    assert counts is not None and set(counts) == {'saved', 'grad'}
+    x = torch.randn(3)
+    alias = x.detach()
+    assert function._users(x)[0] == function._users(alias)[0]
+    del alias
+    assert function._users(x)[0] == 2  # x and the asking storage object
