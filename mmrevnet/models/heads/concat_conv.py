@@ -67,14 +67,20 @@ def _transform(x: Tensor, transform, sample: Optional[int] = None):
 #: Widest slice of input channels convolved at once: bounds the weight
 #: slice, its gradient and the input slice that exist together.
 SLICE_CHANNELS = 512
+#: The same in the backward of a dilated convolution on the CPU, which
+#: unfolds its input slice (9 rows per channel of a 3x3 kernel, for the
+#: input gradient and again for the weight's): 72 MiB for a 512-channel
+#: slice of one 32x64 sample, 18 MiB for 128 channels.
+DILATED_CPU_SLICE_CHANNELS = 128
 
 
-def _slices(width: int, start: int):
-    """``(first, stop)`` channel ranges of one part, at most
-    :data:`SLICE_CHANNELS` wide, offset by ``start`` in the weight."""
+def _slices(width: int, start: int, channels: int = SLICE_CHANNELS):
+    """``(first, stop, column)`` channel ranges of one part, at most
+    ``channels`` wide, at ``column`` (offset by ``start``) in the
+    weight."""
     return [
-        (c, min(c + SLICE_CHANNELS, width), start + c)
-        for c in range(0, width, SLICE_CHANNELS)
+        (c, min(c + channels, width), start + c)
+        for c in range(0, width, channels)
     ]
 
 
@@ -141,12 +147,15 @@ class _ConcatConvFunction(torch.autograd.Function):
         order = sorted(
             range(len(parts)), key=lambda i: ctx.transforms[i] is None
         )
+        channels = SLICE_CHANNELS
+        if grad_out.device.type == 'cpu' and max(dilation) > 1:
+            channels = DILATED_CPU_SLICE_CHANNELS
         for index in order:
             part, transform = parts[index], ctx.transforms[index]
             need_part = needs[4 + index]
             if not (need_part or need_weight):
                 continue
-            slices = _slices(part.shape[1], offsets[index])
+            slices = _slices(part.shape[1], offsets[index], channels)
             grad_part = torch.empty_like(part) if need_part else None
             # One sample at a time: the input (upsampled), its gradient
             # and the convolution backward's buffers exist for one sample

@@ -23,7 +23,7 @@ Unlike mmengine's ``activation_checkpointing`` (reentrant
 seen and receive gradients.
 """
 
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -54,23 +54,22 @@ def flatten(obj: Any) -> Tuple[List[Tensor], Any]:
         ``obj`` with the given tensors in place of the original ones.
     """
     tensors: List[Tensor] = []
+    return tensors, _walk(obj, tensors)
 
-    def walk(value):
-        if isinstance(value, Tensor):
-            tensors.append(value)
-            return ('tensor',)
-        if isinstance(value, dict):
-            return (
-                'dict',
-                type(value),
-                [(k, walk(v)) for k, v in value.items()],
-            )
-        if isinstance(value, (list, tuple)):
-            return ('seq', type(value), [walk(v) for v in value])
-        return ('leaf', value)
 
-    spec = walk(obj)
-    return tensors, spec
+# Module-level recursions: a nested function that calls itself is a
+# reference cycle, which would keep the tensors it reaches (a model's
+# feature maps) alive until Python's cyclic garbage collector runs.
+def _walk(value: Any, tensors: List[Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        tensors.append(value)
+        return ('tensor',)
+    if isinstance(value, dict):
+        items = [(k, _walk(v, tensors)) for k, v in value.items()]
+        return ('dict', type(value), items)
+    if isinstance(value, (list, tuple)):
+        return ('seq', type(value), [_walk(v, tensors) for v in value])
+    return ('leaf', value)
 
 
 def unflatten(tensors: Sequence[Tensor], spec: Any) -> Any:
@@ -84,22 +83,21 @@ def unflatten(tensors: Sequence[Tensor], spec: Any) -> Any:
     Returns:
         The rebuilt structure.
     """
-    iterator = iter(tensors)
+    return _build(spec, iter(tensors))
 
-    def build(node):
-        kind = node[0]
-        if kind == 'tensor':
-            return next(iterator)
-        if kind == 'leaf':
-            return node[1]
-        if kind == 'dict':
-            return node[1]((k, build(v)) for k, v in node[2])
-        items = [build(v) for v in node[2]]
-        if hasattr(node[1], '_fields'):  # named tuple
-            return node[1](*items)
-        return node[1](items)
 
-    return build(spec)
+def _build(node: Any, tensors: Iterator[Tensor]) -> Any:
+    kind = node[0]
+    if kind == 'tensor':
+        return next(tensors)
+    if kind == 'leaf':
+        return node[1]
+    if kind == 'dict':
+        return node[1]((k, _build(v, tensors)) for k, v in node[2])
+    items = [_build(v, tensors) for v in node[2]]
+    if hasattr(node[1], '_fields'):  # named tuple
+        return node[1](*items)
+    return node[1](items)
 
 
 # -- the Function -------------------------------------------------------

@@ -38,24 +38,74 @@ def _bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
     return block.norm3(block.conv3(out))
 
 
-#: Output channels of conv3/norm3 computed at once where a momentum
-#: bottleneck is at least four chunks wide (see :class:`_ChunkedConvNorm`).
+#: Output channels of conv3/norm3 (and the downsample branch) computed at
+#: once where a bottleneck is at least four chunks wide (see
+#: :class:`_ChunkedConvNorm`).
 CHANNEL_CHUNK = 512
+#: Input channels of a dilated convolution's backward computed at once on
+#: the CPU (see :class:`_InputChunkedConv`).
+INPUT_CHUNK = 128
+
+
+def _chunk_ranges(width: int, chunk: int):
+    return [(a, min(a + chunk, width)) for a in range(0, width, chunk)]
+
+
+def _count_batch(norm: nn.BatchNorm2d) -> float:
+    """What ``nn.BatchNorm2d.forward`` does before normalising: count the
+    batch; returns the running statistics' momentum."""
+    momentum = 0.0 if norm.momentum is None else norm.momentum
+    if norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:
+            momentum = 1.0 / float(norm.num_batches_tracked)
+    return momentum
+
+
+def _tail_chunk(layers, inputs, chunk_params, relu, running=None):
+    """One chunk of output channels of ``relu?(sum_i norm_i(conv_i(h_i)))``
+    from that chunk's ``(weight, gamma, beta)`` of every layer. With
+    ``running = (start, stop, momenta)`` the running statistics of those
+    channels are updated (the forward); without, batch statistics only
+    (the backward's recomputation)."""
+    total = None
+    for i, (conv, norm) in enumerate(layers):
+        weight, gamma, beta = chunk_params[3 * i : 3 * i + 3]
+        track = running is not None and norm.track_running_stats
+        if track:
+            start, stop, momenta = running
+        y = conv._conv_forward(inputs[i], weight, None)
+        y = F.batch_norm(
+            y,
+            norm.running_mean[start:stop] if track else None,
+            norm.running_var[start:stop] if track else None,
+            gamma,
+            beta,
+            True,
+            momenta[i] if track else 0.0,
+            norm.eps,
+        )
+        total = y if total is None else total + y
+    return F.relu(total) if relu else total
 
 
 class _ChunkedConvNorm(torch.autograd.Function):
-    """``norm(conv(h))`` of a bottleneck's last layers, by output chunks.
+    """``relu?(norm_1(conv_1(h_1)) + ...)`` of a bottleneck's last layers,
+    by output chunks.
 
-    The output is written chunk by chunk; only ``h`` (a quarter of the
-    output's width) is saved, and the backward recomputes each chunk's
-    convolution and normalisation for its VJP, so one chunk's temporaries
-    exist at a time instead of the full width's. BatchNorm's statistics
-    and affine parameters are per channel, so every chunk is normalised as
-    in the whole; the running statistics are updated once, here, as
-    ``nn.BatchNorm2d.forward`` does, and not by the backward. Autocast is
-    re-entered for the recomputation.
+    A momentum bottleneck's ``norm3(conv3(h))``, and a transition
+    bottleneck's ``relu(norm3(conv3(h)) + norm_d(conv_d(x)))`` (its
+    downsample branch), are written chunk by chunk; only the inputs (``h``
+    is a quarter of the output's width) are saved, and the backward
+    recomputes each chunk's convolutions and normalisations for its VJP,
+    so one chunk's temporaries exist at a time instead of the full
+    width's. BatchNorm's statistics and affine parameters are per channel,
+    so every chunk is normalised as in the whole; the running statistics
+    are updated once, here, as ``nn.BatchNorm2d.forward`` does, and not by
+    the backward. Autocast is re-entered for the recomputation.
 
-    ``apply(conv, norm, h, conv_weight, norm_weight, norm_bias)``.
+    ``apply(layers, relu, h_1, ..., h_k, weight_1, gamma_1, beta_1, ...)``
+    with ``layers = ((conv_1, norm_1), ..., (conv_k, norm_k))``.
     """
 
     #: The backward never reads the output, so the memory-saving stage may
@@ -63,101 +113,215 @@ class _ChunkedConvNorm(torch.autograd.Function):
     output_unused_in_backward = True
 
     @staticmethod
-    def forward(ctx, conv, norm, h, weight, gamma, beta):
-        momentum = 0.0 if norm.momentum is None else norm.momentum
-        track = norm.track_running_stats
-        if track and norm.num_batches_tracked is not None:
-            norm.num_batches_tracked.add_(1)
-            if norm.momentum is None:
-                momentum = 1.0 / float(norm.num_batches_tracked)
-        width = conv.out_channels
-        ranges = [
-            (a, min(a + CHANNEL_CHUNK, width))
-            for a in range(0, width, CHANNEL_CHUNK)
-        ]
+    def forward(ctx, layers, relu, *tensors):
+        inputs, params = tensors[: len(layers)], tensors[len(layers) :]
+        momenta = [_count_batch(norm) for _, norm in layers]
+        width = layers[0][0].out_channels
+        ranges = _chunk_ranges(width, CHANNEL_CHUNK)
         out = None
         with torch.no_grad():
             for start, stop in ranges:
-                y = conv._conv_forward(h, weight[start:stop], None)
-                y = F.batch_norm(
-                    y,
-                    norm.running_mean[start:stop] if track else None,
-                    norm.running_var[start:stop] if track else None,
-                    gamma[start:stop],
-                    beta[start:stop],
-                    True,
-                    momentum,
-                    norm.eps,
+                chunk = [t[start:stop] for t in params]
+                y = _tail_chunk(
+                    layers, inputs, chunk, relu, (start, stop, momenta)
                 )
                 if out is None:
                     out = y.new_empty((y.shape[0], width, *y.shape[2:]))
                 out[:, start:stop] = y
                 del y
-        ctx.conv, ctx.eps, ctx.ranges = conv, norm.eps, ranges
-        ctx.autocast = AutocastState(h.device.type)
-        ctx.save_for_backward(h, weight, gamma, beta)
+        ctx.layers, ctx.relu, ctx.ranges = layers, relu, ranges
+        ctx.autocast = AutocastState(inputs[0].device.type)
+        ctx.save_for_backward(*tensors)
         return out
 
     @staticmethod
     @eager_under_compile  # run by autograd, also inside a compiled step
     def backward(ctx, grad_out):
-        h, weight, gamma, beta = ctx.saved_tensors
-        need_h = ctx.needs_input_grad[2]
-        grads = [torch.zeros_like(h) if need_h else None]
-        grads += [torch.empty_like(t) for t in (weight, gamma, beta)]
+        tensors = ctx.saved_tensors
+        num_inputs = len(ctx.layers)
+        inputs, params = tensors[:num_inputs], tensors[num_inputs:]
+        need = ctx.needs_input_grad[2 : 2 + num_inputs]
+        input_grads = [
+            torch.zeros_like(h) if n else None for h, n in zip(inputs, need)
+        ]
+        param_grads = [torch.empty_like(t) for t in params]
         for start, stop in ctx.ranges:
             with torch.enable_grad(), ctx.autocast.enter():
-                leaves = [h.detach().requires_grad_(need_h)]
-                leaves += [
-                    t.detach()[start:stop].requires_grad_(True)
-                    for t in (weight, gamma, beta)
+                leaves = [
+                    h.detach().requires_grad_(n) for h, n in zip(inputs, need)
                 ]
-                y = ctx.conv._conv_forward(leaves[0], leaves[1], None)
-                y = F.batch_norm(
-                    y, None, None, leaves[2], leaves[3], True, 0.0, ctx.eps
-                )
-            wrt = leaves if need_h else leaves[1:]
+                slices = [
+                    t.detach()[start:stop].requires_grad_(True) for t in params
+                ]
+                y = _tail_chunk(ctx.layers, leaves, slices, ctx.relu)
+            wrt = [h for h, n in zip(leaves, need) if n] + slices
             parts = list(
                 torch.autograd.grad(
                     y, wrt, grad_out[:, start:stop].to(y.dtype)
                 )
             )
             del y, leaves
-            if need_h:
-                grads[0].add_(parts.pop(0))
-            for grad, part in zip(grads[1:], parts):
+            for grad in input_grads:
+                if grad is not None:
+                    grad.add_(parts.pop(0))
+            for grad, part in zip(param_grads, parts):
                 grad[start:stop].copy_(part)
             del parts
-        return (None, None, *grads)
+        return (None, None, *input_grads, *param_grads)
 
 
-def _chunkable(block: Bottleneck) -> bool:
-    conv, norm = block.conv3, block.norm3
+class _InputChunkedConv(torch.autograd.Function):
+    """A convolution whose backward runs by chunks of input channels.
+
+    On the CPU, torch's dilated convolution backward unfolds its input
+    (``9 * C_in`` rows per output position of a 3x3 kernel, for the input
+    gradient and again for the weight gradient): 72 MiB for one
+    512-channel 32x64 sample, more than twice the output of the widest
+    block. The forward is the module's own convolution; the backward
+    computes the gradients of :data:`INPUT_CHUNK` input channels at a time
+    (each input channel's gradient and each weight slice depend on those
+    channels only), so only one chunk's unfolded rows exist at once.
+
+    ``apply(conv, h, weight)``.
+    """
+
+    @staticmethod
+    def forward(ctx, conv, h, weight):
+        ctx.conv = conv
+        ctx.save_for_backward(h, weight)
+        return conv._conv_forward(h, weight, None)
+
+    @staticmethod
+    @eager_under_compile  # run by autograd, also inside a compiled step
+    def backward(ctx, grad_out):
+        h, weight = ctx.saved_tensors
+        conv = ctx.conv
+        need_h, need_w = ctx.needs_input_grad[1:3]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        grad_out = grad_out.to(h.dtype)
+        for start, stop in _chunk_ranges(h.shape[1], INPUT_CHUNK):
+            part_h, part_w, _ = torch.ops.aten.convolution_backward(
+                grad_out,
+                h[:, start:stop],
+                weight[:, start:stop],
+                None,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                False,
+                [0, 0],
+                1,
+                [need_h, need_w, False],
+            )
+            if need_h:
+                grad_h[:, start:stop] = part_h
+            if need_w:
+                grad_w[:, start:stop] = part_w
+            del part_h, part_w
+        return None, grad_h, grad_w
+
+
+def _plain_conv(conv) -> bool:
     return (
         type(conv) is nn.Conv2d
         and conv.groups == 1
         and conv.bias is None
-        and type(norm) is nn.BatchNorm2d
-        and norm.training
-        and norm.affine
-        and conv.out_channels >= 4 * CHANNEL_CHUNK
+        and conv.padding_mode == 'zeros'
+        and not isinstance(conv.padding, str)
     )
+
+
+def _plain_norm(norm) -> bool:
+    return type(norm) is nn.BatchNorm2d and norm.training and norm.affine
+
+
+def _conv(conv: nn.Module, h: Tensor, chunked: bool) -> Tensor:
+    """``conv(h)``; chunked, a dilated convolution on the CPU runs its
+    backward by input chunks (:class:`_InputChunkedConv`)."""
+    if (
+        chunked
+        and h.device.type == 'cpu'
+        and _plain_conv(conv)
+        and max(conv.dilation) > 1
+        and h.shape[1] > INPUT_CHUNK
+    ):
+        return _InputChunkedConv.apply(conv, h, conv.weight)
+    return conv(h)
+
+
+def _chunkable(block: Bottleneck) -> bool:
+    return (
+        _plain_conv(block.conv3)
+        and _plain_norm(block.norm3)
+        and block.conv3.out_channels >= 4 * CHANNEL_CHUNK
+    )
+
+
+def _downsample_layers(block: Bottleneck):
+    """``(conv, norm)`` of a downsample branch that is exactly a plain
+    convolution and BatchNorm, else None."""
+    layers = list(block.downsample or ())
+    if len(layers) == 2 and _plain_conv(layers[0]) and _plain_norm(layers[1]):
+        return tuple(layers)
+    return None
+
+
+def _chunked_bottleneck_head(block: Bottleneck, x: Tensor) -> Tensor:
+    out = block.relu(block.norm1(block.conv1(x)))
+    return block.relu(block.norm2(_conv(block.conv2, out, chunked=True)))
 
 
 def _momentum_bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
     """The bottleneck branch; in a stage that recomputes (any mode but
-    ``'plain'``), with grad and at least four chunks of width, conv3 and
-    norm3 by channel chunks (:class:`_ChunkedConvNorm`). A plain stage
+    ``'plain'``) and with grad, conv2 by input chunks where it is dilated
+    on the CPU, and where the block is at least four chunks wide, conv3
+    and norm3 by output chunks (:class:`_ChunkedConvNorm`). A plain stage
     keeps plain autograd, so it saves what a ResNet block saves."""
-    if not (
-        block.chunk_conv3 and torch.is_grad_enabled() and _chunkable(block)
-    ):
+    if not (block.chunk_conv3 and torch.is_grad_enabled()):
         return _bottleneck_branch(block, x)
-    out = block.relu(block.norm1(block.conv1(x)))
-    out = block.relu(block.norm2(block.conv2(out)))
+    out = _chunked_bottleneck_head(block, x)
+    if not _chunkable(block):
+        return block.norm3(block.conv3(out))
     conv, norm = block.conv3, block.norm3
     return _ChunkedConvNorm.apply(
-        conv, norm, out, conv.weight, norm.weight, norm.bias
+        ((conv, norm),), False, out, conv.weight, norm.weight, norm.bias
+    )
+
+
+def _transition_bottleneck_forward(block, x: Tensor) -> Tensor:
+    """The transition bottleneck. Checkpointed by its stage
+    (``chunk_conv3``) and with grad: conv2 by input chunks where it is
+    dilated on the CPU, and where the block is at least four chunks wide
+    and its downsample branch is a convolution and a BatchNorm,
+    ``relu(norm3(conv3(h)) + norm_d(conv_d(x)))`` by output chunks
+    (:class:`_ChunkedConvNorm`), so that its recomputation does not hold
+    five maps of the output's width."""
+    if not (block.chunk_conv3 and torch.is_grad_enabled()):
+        return _TransitionBlock.forward(block, x)
+    h = _chunked_bottleneck_head(block, x)
+    downsample = _downsample_layers(block)
+    if not (
+        _chunkable(block)
+        and downsample is not None
+        and isinstance(block.drop_path, nn.Identity)
+    ):
+        identity = x if block.downsample is None else block.downsample(x)
+        out = block.drop_path(block.norm3(block.conv3(h)))
+        return block.relu(out + identity)
+    conv, norm = block.conv3, block.norm3
+    down_conv, down_norm = downsample
+    return _ChunkedConvNorm.apply(
+        ((conv, norm), (down_conv, down_norm)),
+        True,
+        h,
+        x,
+        conv.weight,
+        norm.weight,
+        norm.bias,
+        down_conv.weight,
+        down_norm.weight,
+        down_norm.bias,
     )
 
 
@@ -212,6 +376,13 @@ class TransitionBottleneck(_TransitionBlock, Bottleneck):
     """Block 0 of a stage of Bottlenecks (same parameter names)."""
 
     _branch = _bottleneck_branch
+    forward = _transition_bottleneck_forward
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Set by the stage that checkpoints this block (not a module
+        # setting: a block alone is plain autograd).
+        self.chunk_conv3 = False
 
 
 class _MomentumResidual(_MMPretrainBlockArgs):
@@ -402,8 +573,6 @@ class MomentumResLayer(Sequential):
         super().__init__(*blocks)
         self.stage = stage
         self.keep_transition = keep_transition
-        for function in self.functions:
-            function.chunk_conv3 = stage.config.mode != 'plain'
 
     @property
     def functions(self):
@@ -412,12 +581,20 @@ class MomentumResLayer(Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         transition = self[0]
-        if (
-            self.stage.config.mode != 'plain'
+        recomputes = self.stage.config.mode != 'plain'
+        # Recomputed blocks compute their widest layers by chunks; a plain
+        # stage keeps plain autograd, so it saves what a ResNet stage
+        # saves. Read at every call: the stage may be reconfigured.
+        for function in self.functions:
+            function.chunk_conv3 = recomputes
+        checkpointed = (
+            recomputes
             and not self.keep_transition
             and self.training
             and needs_grad([transition], x)
-        ):
+        )
+        transition.chunk_conv3 = checkpointed
+        if checkpointed:
             x = checkpointed_call(transition, x)
         else:
             x = transition(x)

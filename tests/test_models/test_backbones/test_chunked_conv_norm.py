@@ -35,52 +35,67 @@ def _step(model, x):
     return outs
 
 
+#: mmseg's D8 layout (dilated layer3 and layer4, as in PSPNet/DeepLabV3).
+D8 = dict(strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4))
+
+
 @pytest.mark.parametrize(
-    'memory_saving, with_cp', [(True, False), (False, True)]
+    'memory_saving, with_cp, layout',
+    [(True, False, {}), (False, True, {}), (True, False, D8)],
+    ids=['memory_saving', 'with_cp', 'memory_saving-d8'],
 )
 def test_chunked_bottleneck_matches_unchunked(
-    monkeypatch, memory_saving, with_cp
+    monkeypatch, memory_saving, with_cp, layout
 ):
     """Chunked against unchunked, both on the memory-saving path or both
     checkpointed (the two modes that recompute; their own agreement with
-    the plain path is tested in test_mrevnet.py)."""
-    # Chunks of 8 channels: layer3 (256) and layer4 (512) of this narrow
-    # ResNet-50 are chunked, as layer4 (2048) of the full width is.
+    the plain path is tested in test_mrevnet.py): conv3/norm3 of the
+    momentum blocks and the transition's conv3/norm3 plus downsample by
+    output chunks, and (D8) the dilated conv2's backward by input
+    chunks."""
+    # Chunks of 8 output channels: layer3 (256) and layer4 (512) of this
+    # narrow ResNet-50 are chunked, as layer4 (2048) of the full width is;
+    # input chunks of 16: the dilated conv2 of layer3 (64) and layer4
+    # (128), as of the full width (256, 512) by 128.
     monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 8)
+    monkeypatch.setattr(res_layer, 'INPUT_CHUNK', 16)
     torch.manual_seed(0)
-    reference = MRevNetV1c(
+    kwargs = dict(
         depth=50,
         base_channels=16,
         stem_channels=16,
         memory_saving=memory_saving,
         with_cp=with_cp,
-    ).double()
+        **layout,
+    )
+    reference = MRevNetV1c(**kwargs).double()
     randomize_norms(reference, count=3)
     reference = reference.double()
-    chunked = MRevNetV1c(
-        depth=50,
-        base_channels=16,
-        stem_channels=16,
-        memory_saving=memory_saving,
-        with_cp=with_cp,
-    ).double()
+    chunked = MRevNetV1c(**kwargs).double()
     chunked.load_state_dict(reference.state_dict())
     reference.train()
     chunked.train()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    calls = []
-    original = res_layer._ChunkedConvNorm.apply
-    monkeypatch.setattr(
-        res_layer._ChunkedConvNorm,
-        'apply',
-        lambda *a: calls.append(1) or original(*a),
-    )
+    calls = {'output': [], 'input': []}
+    for name, function in (
+        ('output', res_layer._ChunkedConvNorm),
+        ('input', res_layer._InputChunkedConv),
+    ):
+        original = function.apply
+        monkeypatch.setattr(
+            function,
+            'apply',
+            lambda *a, c=calls[name], f=original: c.append(a[1]) or f(*a),
+        )
     with monkeypatch.context() as plain:
         plain.setattr(res_layer, '_chunkable', lambda block: False)
+        plain.setattr(res_layer, 'INPUT_CHUNK', 10**9)
         outs_ref = _step(reference, x)
-    assert not calls
+    assert not calls['output'] and not calls['input']
     outs = _step(chunked, x)
-    assert calls  # the chunked path ran
+    # The chunked paths ran: momentum blocks and transitions (relu=True).
+    assert False in calls['output'] and True in calls['output']
+    assert bool(calls['input']) == bool(layout)
     for a, b in zip(outs_ref, outs):
         _assert_close(b, a)
     for (name, p), q in zip(
@@ -126,10 +141,15 @@ def test_comparison_would_see_a_wrong_chunk(monkeypatch):
     expected = norm(conv(h)).detach()
     gamma = norm.weight.detach().roll(8)
     got = res_layer._ChunkedConvNorm.apply(
-        conv, copy.deepcopy(norm), h, conv.weight, gamma, norm.bias
+        ((conv, copy.deepcopy(norm)),), False, h, conv.weight, gamma, norm.bias
     )
     assert not torch.allclose(got, expected)
     got = res_layer._ChunkedConvNorm.apply(
-        conv, copy.deepcopy(norm), h, conv.weight, norm.weight, norm.bias
+        ((conv, copy.deepcopy(norm)),),
+        False,
+        h,
+        conv.weight,
+        norm.weight,
+        norm.bias,
     )
     torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
