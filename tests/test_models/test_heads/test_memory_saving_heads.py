@@ -441,6 +441,53 @@ def test_benchmark_variants_enable_the_heads():
 
 
 # -- concat-free bottlenecks and banded losses (the default) ---------------
+@pytest.mark.parametrize('name', ['pspnet', 'deeplabv3'])
+def test_default_segmentor_with_bottlenecks_matches_plain(monkeypatch, name):
+    """A D8 bottleneck backbone, memory saving on (``MRevNetEncoderDecoder``
+    with its defaults) against off (mmseg's ``EncoderDecoder``, plain
+    autograd), same weights, with chunk widths small enough that every
+    chunked path runs: momentum and transition bottlenecks by output
+    chunks, dilated conv2 and dilated concat-free convolutions (ASPP) by
+    input chunks. Loss, every gradient and BN buffer, dropout on."""
+    from mmrevnet.models.heads import concat_conv
+    from mmrevnet.models.utils import res_layer
+
+    monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 32)
+    monkeypatch.setattr(res_layer, 'INPUT_CHUNK', 16)
+    monkeypatch.setattr(concat_conv, 'DILATED_CPU_SLICE_CHANNELS', 16)
+    backbone = dict(depth=50, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4))
+    channels = [64, 128, 256, 512]
+
+    def build(memory_saving, **segmentor):
+        cfg = _model_cfg(name, **segmentor)
+        cfg['backbone'].update(backbone, memory_saving=memory_saving)
+        cfg['decode_head']['in_channels'] = channels[-1]
+        cfg['auxiliary_head']['in_channels'] = channels[2]
+        init_default_scope('mmseg')
+        torch.manual_seed(0)
+        return MODELS.build(cfg).double().train()
+
+    plain = build(False)
+    saving = build(True, type='MRevNetEncoderDecoder')
+    saving.load_state_dict(plain.state_dict())
+    calls = []
+    for function in (res_layer._InputChunkedConv, res_layer._ChunkedConvNorm):
+        original = function.apply
+        monkeypatch.setattr(
+            function,
+            'apply',
+            lambda *a, f=original, n=function.__name__: (
+                calls.append(n) or f(*a)
+            ),
+        )
+    results = []
+    for model in (plain, saving):
+        results.append(_step(model)[0])
+    assert {'_InputChunkedConv', '_ChunkedConvNorm'} <= set(calls)
+    torch.testing.assert_close(results[1], results[0], rtol=RTOL, atol=ATOL)
+    _assert_same(plain, saving)
+
+
 @pytest.mark.parametrize('name', ['pspnet', 'deeplabv3', 'upernet'])
 def test_default_segmentor_matches_mmseg(name):
     """``MRevNetEncoderDecoder`` with its defaults (recomputed heads,
