@@ -50,7 +50,7 @@ def _bottleneck(rh, num, chunk=False):
         MomentumBottleneck(inplanes=16, planes=4).double() for _ in range(num)
     ]
     for block in blocks:
-        block.chunk_conv3 = chunk
+        block.recomputed = chunk
     return blocks
 
 

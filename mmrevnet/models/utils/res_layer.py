@@ -278,7 +278,7 @@ def _momentum_bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
     on the CPU, and where the block is at least four chunks wide, conv3
     and norm3 by output chunks (:class:`_ChunkedConvNorm`). A plain stage
     keeps plain autograd, so it saves what a ResNet block saves."""
-    if not (block.chunk_conv3 and torch.is_grad_enabled()):
+    if not (block.recomputed and torch.is_grad_enabled()):
         return _bottleneck_branch(block, x)
     out = _chunked_bottleneck_head(block, x)
     if not _chunkable(block):
@@ -291,13 +291,13 @@ def _momentum_bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
 
 def _transition_bottleneck_forward(block, x: Tensor) -> Tensor:
     """The transition bottleneck. Checkpointed by its stage
-    (``chunk_conv3``) and with grad: conv2 by input chunks where it is
+    (``recomputed``) and with grad: conv2 by input chunks where it is
     dilated on the CPU, and where the block is at least four chunks wide
     and its downsample branch is a convolution and a BatchNorm,
     ``relu(norm3(conv3(h)) + norm_d(conv_d(x)))`` by output chunks
     (:class:`_ChunkedConvNorm`), so that its recomputation does not hold
     five maps of the output's width."""
-    if not (block.chunk_conv3 and torch.is_grad_enabled()):
+    if not (block.recomputed and torch.is_grad_enabled()):
         return _TransitionBlock.forward(block, x)
     h = _chunked_bottleneck_head(block, x)
     downsample = _downsample_layers(block)
@@ -382,7 +382,7 @@ class TransitionBottleneck(_TransitionBlock, Bottleneck):
         super().__init__(*args, **kwargs)
         # Set by the stage that checkpoints this block (not a module
         # setting: a block alone is plain autograd).
-        self.chunk_conv3 = False
+        self.recomputed = False
 
 
 class _MomentumResidual(_MMPretrainBlockArgs):
@@ -406,7 +406,7 @@ class _MomentumResidual(_MMPretrainBlockArgs):
         self.residual_fn = residual_fn
         # Set by the stage that recomputes this block (not a module
         # setting: a block alone is plain autograd).
-        self.chunk_conv3 = False
+        self.recomputed = False
 
     def forward(self, x: Tensor) -> Tensor:
         branch = self.drop_path(self._branch(x))
@@ -586,14 +586,14 @@ class MomentumResLayer(Sequential):
         # stage keeps plain autograd, so it saves what a ResNet stage
         # saves. Read at every call: the stage may be reconfigured.
         for function in self.functions:
-            function.chunk_conv3 = recomputes
+            function.recomputed = recomputes
         checkpointed = (
             recomputes
             and not self.keep_transition
             and self.training
             and needs_grad([transition], x)
         )
-        transition.chunk_conv3 = checkpointed
+        transition.recomputed = checkpointed
         if checkpointed:
             x = checkpointed_call(transition, x)
         else:
