@@ -32,6 +32,7 @@ drift tracking: at once, raising in the pass that met the value).
 
 import contextlib
 import sys
+import threading
 import weakref
 from typing import Dict, List, Optional, Sequence
 
@@ -411,6 +412,9 @@ class _AutogradHolders(torch.autograd.Function):
 
 
 class _FreshGradient(torch.autograd.Function):
+    """The probe's consumer: its backward makes a new gradient, held by
+    autograd only, as a convolution's backward does."""
+
     @staticmethod
     def forward(ctx, x):
         return x.sum()
@@ -424,14 +428,26 @@ def _autograd_holder_counts() -> Optional[Dict[str, tuple]]:
     """:func:`_users` of a saved output and of a gradient that only
     autograd holds, measured once per process on the installed torch
     (None when they cannot be measured: then nothing is reused).
+
+    Measured in a new thread: the calling thread's saved-tensor hooks and
+    tracer (a debugger's) would add users to the probe's tensors, and a
+    baseline counted too high could take a held tensor for a free one.
     """
     if _AutogradHolders.counts is None:
-        try:
-            with torch.enable_grad():
-                leaf = torch.zeros(2, requires_grad=True)
-                _FreshGradient.apply(_AutogradHolders.apply(leaf)).backward()
-        except (AttributeError, RuntimeError, TypeError):
-            _AutogradHolders.counts = {}
+
+        def measure():
+            sys.settrace(None)
+            try:
+                with torch.enable_grad():
+                    leaf = torch.zeros(2, requires_grad=True)
+                    out = _FreshGradient.apply(_AutogradHolders.apply(leaf))
+                    out.backward()
+            except (AttributeError, RuntimeError, TypeError):
+                _AutogradHolders.counts = {}
+
+        probe = threading.Thread(target=measure, name='mmrevnet-probe')
+        probe.start()
+        probe.join()
         counts = _AutogradHolders.counts
         if not counts or not all(counts.values()):
             _AutogradHolders.counts = {}

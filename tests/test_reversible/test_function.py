@@ -267,3 +267,40 @@ def test_reuse_lowers_the_step_peak_by_a_stage_buffer(rh, holder):
     reused = step_peak_bytes(rev, lambda: step(False), exclude=[x])
     not_reused = step_peak_bytes(rev, lambda: step(True), exclude=[x])
     assert not_reused - reused >= 0.99 * x.nbytes
+
+
+def test_gradient_the_caller_passes_is_left_unchanged(rh):
+    """``out.backward(g)``: the caller still holds ``g``."""
+    rev, _ = rh.make_pair(rh.conv_bn_list(4), 0.9)
+    out = rev(rh.data())
+    gradient = rh.data(out.shape, seed=123, grad=False)
+    expected = gradient.clone()
+    out.backward(gradient)
+    assert torch.equal(gradient, expected)
+
+
+def test_probe_is_measured_without_the_callers_hooks(rh, monkeypatch):
+    """The first backward of the process measures what autograd alone
+    holds. A saved-tensor hook active in it (here one that keeps a second
+    alias of every saved tensor) must not raise that baseline, or a later
+    output held by the caller would look free and be overwritten."""
+    from mmrevnet.reversible import function
+
+    monkeypatch.setattr(function._AutogradHolders, 'counts', None)
+    rev, _ = rh.make_pair(rh.conv_bn_list(3), 0.9)
+    aliases = []
+
+    def pack(tensor):
+        aliases.append(tensor.detach())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _weighted_loss(rh, rev(rh.data())).backward()
+    aliases.clear()
+    out = rev(rh.data())
+    held = out.detach()
+    expected = held.clone()
+    loss = _weighted_loss(rh, out)
+    del out
+    loss.backward()
+    assert torch.equal(held, expected)

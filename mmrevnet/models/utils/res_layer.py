@@ -7,6 +7,7 @@ functions ``F`` of a :class:`~mmrevnet.reversible.MomentumStage`, with the
 parameter names of the ResNet blocks they replace.
 """
 
+import functools
 from typing import Optional, Sequence
 
 import torch
@@ -187,24 +188,27 @@ class _InputChunkedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, conv, h, weight):
-        ctx.conv = conv
+        out = conv._conv_forward(h, weight, None)
+        # Under autocast the convolution ran in its lower precision; the
+        # backward, outside autocast, computes in the same dtype.
+        ctx.conv, ctx.compute_dtype = conv, out.dtype
         ctx.save_for_backward(h, weight)
-        return conv._conv_forward(h, weight, None)
+        return out
 
     @staticmethod
     @eager_under_compile  # run by autograd, also inside a compiled step
     def backward(ctx, grad_out):
         h, weight = ctx.saved_tensors
-        conv = ctx.conv
+        conv, dtype = ctx.conv, ctx.compute_dtype
         need_h, need_w = ctx.needs_input_grad[1:3]
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.empty_like(weight) if need_w else None
-        grad_out = grad_out.to(h.dtype)
+        grad_out = grad_out.to(dtype)
         for start, stop in _chunk_ranges(h.shape[1], INPUT_CHUNK):
             part_h, part_w, _ = torch.ops.aten.convolution_backward(
                 grad_out,
-                h[:, start:stop],
-                weight[:, start:stop],
+                h[:, start:stop].to(dtype),
+                weight[:, start:stop].to(dtype),
                 None,
                 conv.stride,
                 conv.padding,
@@ -289,16 +293,17 @@ def _momentum_bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
     )
 
 
-def _transition_bottleneck_forward(block, x: Tensor) -> Tensor:
-    """The transition bottleneck. Checkpointed by its stage
-    (``recomputed``) and with grad: conv2 by input chunks where it is
-    dilated on the CPU, and where the block is at least four chunks wide
-    and its downsample branch is a convolution and a BatchNorm,
-    ``relu(norm3(conv3(h)) + norm_d(conv_d(x)))`` by output chunks
-    (:class:`_ChunkedConvNorm`), so that its recomputation does not hold
-    five maps of the output's width."""
-    if not (block.recomputed and torch.is_grad_enabled()):
-        return _TransitionBlock.forward(block, x)
+def _chunked_transition_forward(block, x: Tensor) -> Tensor:
+    """The transition bottleneck as its stage checkpoints it: with grad,
+    conv2 by input chunks where it is dilated on the CPU, and where the
+    block is at least four chunks wide and its downsample branch is a
+    convolution and a BatchNorm, ``relu(norm3(conv3(h)) +
+    norm_d(conv_d(x)))`` by output chunks (:class:`_ChunkedConvNorm`), so
+    that its recomputation does not hold five maps of the output's width.
+    The stage passes this function itself to the checkpoint, so that the
+    recomputation runs it whatever runs in between."""
+    if not torch.is_grad_enabled():
+        return block(x)
     h = _chunked_bottleneck_head(block, x)
     downsample = _downsample_layers(block)
     if not (
@@ -376,13 +381,6 @@ class TransitionBottleneck(_TransitionBlock, Bottleneck):
     """Block 0 of a stage of Bottlenecks (same parameter names)."""
 
     _branch = _bottleneck_branch
-    forward = _transition_bottleneck_forward
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Set by the stage that checkpoints this block (not a module
-        # setting: a block alone is plain autograd).
-        self.recomputed = False
 
 
 class _MomentumResidual(_MMPretrainBlockArgs):
@@ -593,9 +591,13 @@ class MomentumResLayer(Sequential):
             and self.training
             and needs_grad([transition], x)
         )
-        transition.recomputed = checkpointed
         if checkpointed:
-            x = checkpointed_call(transition, x)
+            function = transition
+            if isinstance(transition, TransitionBottleneck):
+                function = functools.partial(
+                    _chunked_transition_forward, transition
+                )
+            x = checkpointed_call(function, x, norm_modules=[transition])
         else:
             x = transition(x)
         return self.stage(self.functions, x, training=self.training)

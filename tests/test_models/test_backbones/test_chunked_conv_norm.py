@@ -153,3 +153,71 @@ def test_comparison_would_see_a_wrong_chunk(monkeypatch):
         norm.bias,
     )
     torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def _narrow_d8(**kwargs):
+    torch.manual_seed(0)
+    return MRevNetV1c(
+        depth=50, base_channels=16, stem_channels=16, **D8, **kwargs
+    ).train()
+
+
+def test_no_grad_forward_before_backward_keeps_the_recomputation(
+    monkeypatch,
+):
+    """A no-grad forward between a training forward and its backward (a
+    validation step, a logging hook) does not change how the checkpointed
+    transition is recomputed: same gradients as without it."""
+    monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 8)
+    monkeypatch.setattr(res_layer, 'INPUT_CHUNK', 16)
+    model = _narrow_d8().double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+
+    def grads(no_grad_forward_between):
+        model.zero_grad(set_to_none=True)
+        loss = sum(out.sum() for out in model(x))
+        if no_grad_forward_between:
+            with torch.no_grad():
+                model(x)
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    state = copy.deepcopy(model.state_dict())
+    expected = grads(False)
+    model.load_state_dict(state)
+    for got, want in zip(grads(True), expected):
+        _assert_close(got, want)
+
+
+def test_dilated_input_chunks_under_bf16_autocast(monkeypatch):
+    """The input-chunked backward computes in the dtype autocast gave the
+    forward's convolution (bf16), as the unchunked one does."""
+    monkeypatch.setattr(res_layer, 'INPUT_CHUNK', 16)
+    model = _narrow_d8()
+    x = torch.randn(2, 3, 32, 32)
+    state = copy.deepcopy(model.state_dict())
+    calls = []
+    original = res_layer._InputChunkedConv.apply
+    monkeypatch.setattr(
+        res_layer._InputChunkedConv,
+        'apply',
+        lambda *a: calls.append(1) or original(*a),
+    )
+
+    def grads():
+        model.load_state_dict(state)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            loss = sum(out.float().sum() for out in model(x))
+        loss.backward()
+        return [p.grad for p in model.parameters()]
+
+    chunked = grads()
+    assert calls
+    with monkeypatch.context() as plain:
+        plain.setattr(res_layer, 'INPUT_CHUNK', 10**9)
+        unchunked = grads()
+    for got, want in zip(chunked, unchunked):
+        assert got.dtype == want.dtype == torch.float32
+        error = ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+        assert error <= 2e-2, error

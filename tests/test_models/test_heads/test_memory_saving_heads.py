@@ -480,10 +480,19 @@ def test_default_segmentor_with_bottlenecks_matches_plain(monkeypatch, name):
                 calls.append(n) or f(*a)
             ),
         )
+    widths = []
+    slices = concat_conv._slices
+    monkeypatch.setattr(
+        concat_conv,
+        '_slices',
+        lambda *a: widths.append(a[2] if len(a) > 2 else None) or slices(*a),
+    )
     results = []
     for model in (plain, saving):
         results.append(_step(model)[0])
     assert {'_InputChunkedConv', '_ChunkedConvNorm'} <= set(calls)
+    # ASPP's dilated branches: their CPU backward by 16-channel slices.
+    assert (16 in widths) == (name == 'deeplabv3')
     torch.testing.assert_close(results[1], results[0], rtol=RTOL, atol=ATOL)
     _assert_same(plain, saving)
 
