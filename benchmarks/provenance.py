@@ -45,6 +45,17 @@ _NOT_RERUN = (
 )
 
 
+#: Why results made before the whole-segmentor peak work were not rerun.
+_NOT_RERUN_SEGMENTOR_PEAK = (
+    'later commits of this version made the reversed backward reuse x_T '
+    'and its gradient, computed the widest transition block and the '
+    "dilated convolutions' CPU backward by chunks, and removed the "
+    "recomputed heads' reference cycles: the same values up to the order "
+    'of some sums, but other step peaks and times; not rerun for lack of '
+    'CPU time, as docs/provenance_pending.md says'
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """A committed result: its files, its command, its sources.
@@ -151,6 +162,7 @@ RESULTS: Dict[str, Result] = {
             'benchmarks/digits.py',
             'tools/analysis_tools/digits_results.py',
         ),
+        historical='made at commit 3950cf4bf674; ' + _NOT_RERUN_SEGMENTOR_PEAK,
     ),
     'full_res': Result(
         outputs=(
@@ -245,6 +257,7 @@ RESULTS: Dict[str, Result] = {
         '--batch-size 2 --rounds 5 --out docs/benchmark/compile',
         sources=_MODELS
         + ('mmrevnet/analysis/memory.py', 'benchmarks/compile_step.py'),
+        historical='made at commit 5cb342540939; ' + _NOT_RERUN_SEGMENTOR_PEAK,
     ),
     'gpu_h100': Result(
         outputs=(
