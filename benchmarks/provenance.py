@@ -162,7 +162,6 @@ RESULTS: Dict[str, Result] = {
             'benchmarks/digits.py',
             'tools/analysis_tools/digits_results.py',
         ),
-        historical='made at commit 3950cf4bf674; ' + _NOT_RERUN_SEGMENTOR_PEAK,
     ),
     'full_res': Result(
         outputs=(
