@@ -45,17 +45,6 @@ _NOT_RERUN = (
 )
 
 
-#: Why results made before the whole-segmentor peak work were not rerun.
-_NOT_RERUN_SEGMENTOR_PEAK = (
-    'later commits of this version made the reversed backward reuse x_T '
-    'and its gradient, computed the widest transition block and the '
-    "dilated convolutions' CPU backward by chunks, and removed the "
-    "recomputed heads' reference cycles: the same values up to the order "
-    'of some sums, but other step peaks and times; not rerun for lack of '
-    'CPU time, as docs/provenance_pending.md says'
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class Result:
     """A committed result: its files, its command, its sources.
@@ -256,7 +245,6 @@ RESULTS: Dict[str, Result] = {
         '--batch-size 2 --rounds 5 --out docs/benchmark/compile',
         sources=_MODELS
         + ('mmrevnet/analysis/memory.py', 'benchmarks/compile_step.py'),
-        historical='made at commit 5cb342540939; ' + _NOT_RERUN_SEGMENTOR_PEAK,
     ),
     'gpu_h100': Result(
         outputs=(
