@@ -23,6 +23,16 @@ def _assert_close(got, expected, name=''):
     assert error <= RTOL, (name, error)
 
 
+def _count_calls(monkeypatch, function):
+    """A list that gets one entry per ``function.apply`` call."""
+    calls = []
+    original = function.apply
+    monkeypatch.setattr(
+        function, 'apply', lambda *a: calls.append(1) or original(*a)
+    )
+    return calls
+
+
 def _step(model, x):
     torch.manual_seed(4)
     outs = model(x)
@@ -114,13 +124,7 @@ def test_plain_stage_is_plain_autograd(monkeypatch):
     autograd: no block computes conv3/norm3 by chunks (so it saves what a
     ResNet block saves)."""
     monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 8)
-    calls = []
-    original = res_layer._ChunkedConvNorm.apply
-    monkeypatch.setattr(
-        res_layer._ChunkedConvNorm,
-        'apply',
-        lambda *a: calls.append(1) or original(*a),
-    )
+    calls = _count_calls(monkeypatch, res_layer._ChunkedConvNorm)
     model = MRevNetV1c(
         depth=50, base_channels=16, stem_channels=16, memory_saving=False
     ).train()
@@ -196,13 +200,7 @@ def test_dilated_input_chunks_under_bf16_autocast(monkeypatch):
     model = _narrow_d8()
     x = torch.randn(2, 3, 32, 32)
     state = copy.deepcopy(model.state_dict())
-    calls = []
-    original = res_layer._InputChunkedConv.apply
-    monkeypatch.setattr(
-        res_layer._InputChunkedConv,
-        'apply',
-        lambda *a: calls.append(1) or original(*a),
-    )
+    calls = _count_calls(monkeypatch, res_layer._InputChunkedConv)
 
     def grads():
         model.load_state_dict(state)
