@@ -22,16 +22,30 @@ HOOK_LINE = f'import {HOOK_MODULE}; {HOOK_MODULE}.install()\n'
 #: places relative to each other, so a tool finds its helpers and configs
 #: the same way from the checkout and from an installed package.
 MIM_FOLDERS = ('configs', 'tools', 'benchmarks')
-#: Scripts that act on the checkout itself (its .venv, tests, committed
-#: results and their provenance): not shipped.
+#: What acts on the checkout itself (its .venv, tests, committed results
+#: and their provenance) or needs the synthetic-data generators, which are
+#: development tools: not shipped. A path ending in ``/`` is a folder.
 CHECKOUT_ONLY = (
     'tools/setup_env.sh',
     'tools/run_tests.sh',
     'tools/demo.sh',
+    'tools/run_demo.py',
+    'tools/demo/',
+    'tools/dataset_converters/',
     'tools/analysis_tools/benchmark_gpu.sh',
     'tools/analysis_tools/provenance.py',
+    'tools/analysis_tools/upstream_tools.py',
+    'tools/analysis_tools/digits_results.py',
     'benchmarks/provenance.py',
+    'benchmarks/digits.py',
 )
+
+
+def _checkout_only(path: str) -> bool:
+    return any(
+        path == entry or (entry.endswith('/') and path.startswith(entry))
+        for entry in CHECKOUT_ONLY
+    )
 
 
 def _ignored_in(folder):
@@ -45,7 +59,10 @@ def _ignored_in(folder):
         ignored.update(
             name
             for name in names
-            if osp.join(relative, name).replace(os.sep, '/') in CHECKOUT_ONLY
+            if _checkout_only(
+                osp.join(relative, name).replace(os.sep, '/')
+                + ('/' if osp.isdir(osp.join(directory, name)) else '')
+            )
         )
         return ignored
 

@@ -3,11 +3,11 @@
 For every depth, model variant and head it measures, in one process:
 
 1. activation memory: bytes of distinct storages saved for backward in one
-   training step (:class:`~mmrevnet.analysis.memory.SavedTensorCounter`,
+   training step (:class:`~benchmarks.memory.SavedTensorCounter`,
    parameters excluded); deterministic, on any device;
 2. step peak: the peak of live tensor bytes during one training step
    (forward + backward) above what was live before it, parameters'
-   gradients left out (:func:`~mmrevnet.analysis.memory.step_peak`,
+   gradients left out (:func:`~benchmarks.memory.step_peak`,
    ``step_peak_mib``); deterministic, on any device;
 3. on CUDA, of the same step: ``torch.cuda.max_memory_allocated()``
    after ``reset_peak_memory_stats()``, once as is (``cuda_peak_mib``,
@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from mmrevnet.analysis.memory import SavedTensorCounter, step_peak
+from benchmarks.memory import SavedTensorCounter, step_peak
 
 #: Backbone variants compared: name -> backbone overrides.
 VARIANTS = {
@@ -119,7 +119,7 @@ def build_benchmark_model(
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from mmrevnet.engine.config import sync_bn_to_bn
+    from tools.cli.config import sync_bn_to_bn
 
     init_default_scope('mmseg')
     base, layout = HEADS[head]
@@ -141,7 +141,7 @@ def build_benchmark_model(
             model_cfg['type'] = 'MRevNetEncoderDecoder'
         model = MODELS.build(model_cfg)
         if change in ('head', 'module'):
-            from mmrevnet.models.heads import enable_memory_saving_heads
+            from mmrevnet.models.segmentors import enable_memory_saving_heads
 
             enable_memory_saving_heads(model, change)
         elif change == 'checkpoint':

@@ -6,7 +6,7 @@ head and an FCN auxiliary head at their mmseg widths, one process builds the
 model once, compiles its forward-and-loss with the default inductor backend
 (what mmengine's ``compile=True`` does to ``train_step``), then times
 ``loss.backward()`` steps of the eager and the compiled model round-robin,
-and measures each one's step peak (:func:`mmrevnet.analysis.memory.
+and measures each one's step peak (:func:`benchmarks.memory.
 step_peak`, gradients excluded). The graph breaks of the compiled step are
 counted with ``torch._dynamo.explain``.
 
@@ -26,7 +26,7 @@ from typing import Dict, List
 import torch
 
 import mmrevnet  # noqa: F401  (shims and registration before mmseg)
-from mmrevnet.analysis.memory import step_peak
+from benchmarks.memory import step_peak
 
 VARIANTS = {
     'ResNetV1c': ('EncoderDecoder', 'ResNetV1c', {}),
@@ -191,7 +191,7 @@ def render(results: List[Dict], args) -> str:
         f'CPU, PSPNet + FCN auxiliary head, depth {args.depth}, batch '
         f'{args.batch_size}, {args.size[0]}x{args.size[1]}, '
         f'{args.rounds} round-robin steps each (median); step peak by '
-        '`mmrevnet.analysis.memory.step_peak` (gradients excluded).',
+        '`benchmarks.memory.step_peak` (gradients excluded).',
         '',
         '| backbone | eager step (s) | compiled step (s) | compiled / '
         'eager time | eager peak (MiB) | compiled peak (MiB) | compiled / '

@@ -50,8 +50,8 @@ def run_digits(
     """
     from mmengine.registry import RUNNERS
 
-    from mmrevnet.datasets.digits import export_digits
-    from mmrevnet.engine import build_train_config
+    from tools.cli.config import build_train_config
+    from tools.dataset_converters.generators.digits import export_digits
 
     export_digits(data_root)
     results: Dict = {'runs': {}, 'median_final_top1': {}}

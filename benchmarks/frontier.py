@@ -7,12 +7,12 @@ measures, in one process, the points a user can choose from:
   whole stages checkpointed the way mmengine does it
   (:func:`mmengine.runner.turn_on_activation_checkpointing` on the built
   model, as a config's ``activation_checkpointing=['backbone.layer3']``);
-* MRevNetV1c with the plans that :mod:`mmrevnet.analysis.planner` picks for
+* MRevNetV1c with the plans that :mod:`benchmarks.planner` picks for
   a range of budgets: evenly spaced from the floor to all kept, and each
   ResNetV1c point's measured step peak.
 
-Every point gets its step peak (:func:`~mmrevnet.analysis.memory.step_peak`)
-and saved activations (:class:`~mmrevnet.analysis.memory.SavedTensorCounter`),
+Every point gets its step peak (:func:`~benchmarks.memory.step_peak`)
+and saved activations (:class:`~benchmarks.memory.SavedTensorCounter`),
 and a step time: median of ``repeats`` steps, all points of the model timed
 round-robin (one step of each, then again), as a ratio to plain ResNetV1c.
 """
@@ -31,8 +31,8 @@ from benchmarks.benchmark import (
     activation_bytes,
     build_benchmark_model,
 )
-from mmrevnet.analysis.memory import step_peak
-from mmrevnet.analysis.planner import (
+from benchmarks.memory import step_peak
+from benchmarks.planner import (
     ConfigPlanner,
     plan_for_budget,
     synthetic_step,

@@ -31,7 +31,8 @@ _CORE = ('mmrevnet/reversible/*.py',)
 _MODELS = _CORE + (
     'mmrevnet/models/*.py',
     'mmrevnet/models/backbones/*.py',
-    'mmrevnet/models/heads/*.py',
+    'mmrevnet/models/memory_saving/*.py',
+    'mmrevnet/models/segmentors/*.py',
     'mmrevnet/models/utils/*.py',
 )
 
@@ -64,7 +65,7 @@ class Result:
 
 
 _BENCHMARK_SOURCES = _MODELS + (
-    'mmrevnet/analysis/memory.py',
+    'benchmarks/memory.py',
     'benchmarks/benchmark.py',
     'tools/analysis_tools/benchmark_memory.py',
 )
@@ -131,8 +132,8 @@ RESULTS: Dict[str, Result] = {
         sources=_MODELS
         + (
             'configs/demo/*.py',
-            'mmrevnet/datasets/synthetic.py',
-            'mmrevnet/datasets/scenes.py',
+            'tools/dataset_converters/generators/synthetic.py',
+            'tools/dataset_converters/generators/scenes.py',
             'tools/demo/*.py',
             'tools/run_demo.py',
         ),
@@ -147,7 +148,7 @@ RESULTS: Dict[str, Result] = {
         + (
             'configs/digits/*.py',
             'configs/_base_/models/mrevnet_v1c.py',
-            'mmrevnet/datasets/digits.py',
+            'tools/dataset_converters/generators/digits.py',
             'benchmarks/digits.py',
             'tools/analysis_tools/digits_results.py',
         ),
@@ -244,7 +245,7 @@ RESULTS: Dict[str, Result] = {
         command='python -m benchmarks.compile_step --depth 50 --size 64 64 '
         '--batch-size 2 --rounds 5 --out docs/benchmark/compile',
         sources=_MODELS
-        + ('mmrevnet/analysis/memory.py', 'benchmarks/compile_step.py'),
+        + ('benchmarks/memory.py', 'benchmarks/compile_step.py'),
     ),
     'gpu_h100': Result(
         outputs=(

@@ -10,8 +10,8 @@ train, the handwritten digits of ``docs/classification.md``:
    recipe of ``configs/digits/resnetv1c18_1xb64-digits.py`` (one seed; the
    depth is a parameter).
 2. **Conversion**: its checkpoint goes through the project's converter
-   (:func:`mmrevnet.models.convert.convert_checkpoint`, mmpretrain source,
-   ``strict=True``) into ``MRevNetV1c``; the classifier head is the
+   (:func:`tools.model_converters.convert.convert_checkpoint`, mmpretrain
+   source, ``strict=True``) into ``MRevNetV1c``; the classifier head is the
    ResNet's, so the converted classifier can be evaluated as it is.
 3. **Arms** (:func:`default_arms`): the converted network with
    ``residual_fn='block'`` at gamma 0, 0.5, 0.9, 0.99 and ``'branch'`` at
@@ -250,7 +250,7 @@ def _config(
     save_checkpoint: bool,
     base_config: str = DIGITS_CONFIG,
 ) -> Config:
-    from mmrevnet.engine import build_train_config
+    from tools.cli.config import build_train_config
 
     cfg = build_train_config(base_config, work_dir=work_dir)
     cfg.model.backbone = ConfigDict(backbone)
@@ -355,7 +355,7 @@ def convert_source(checkpoint: str, depth: int, dst: str) -> Dict:
         ``head.*``) and the converter's ``report``.
     """
     from mmrevnet.engine import load_runner_checkpoint
-    from mmrevnet.models.convert import convert_checkpoint
+    from tools.model_converters.convert import convert_checkpoint
 
     source = load_runner_checkpoint(checkpoint)['state_dict']
     result = convert_checkpoint(

@@ -7,6 +7,7 @@ tests stay in the repository, and ``import mmrevnet`` loads none of them.
 import os.path as osp
 import subprocess
 import sys
+import textwrap
 from unittest import mock
 
 import setuptools
@@ -31,8 +32,7 @@ def test_import_loads_no_study_tool_or_plotting_code():
     code = (
         'import sys, mmrevnet; '
         'print(sorted(m for m in sys.modules if m.split(".")[0] in '
-        '("benchmarks", "tools", "matplotlib") or '
-        'm.startswith("mmrevnet.datasets")))'
+        '("benchmarks", "tools", "matplotlib", "sklearn")))'
     )
     out = subprocess.run(
         [sys.executable, '-c', code],
@@ -44,35 +44,42 @@ def test_import_loads_no_study_tool_or_plotting_code():
     assert out.strip() == '[]'
 
 
-# Rooms of the library, lowest first: a module may import its own room and
-# the rooms below it. ``compat`` and ``version`` are the package's face.
-_LAYERS = ('reversible', 'models', 'analysis', 'engine')
+# Rooms, lowest first: a module imports its own room and the rooms below.
+# The library's rooms are ``mmrevnet.<room>``; ``compat``/``version`` are
+# the package's face. The tools' support packages and the studies sit on
+# top; the analysis tools (scripts) import the studies.
+_LAYERS = (
+    'mmrevnet.reversible',
+    'mmrevnet.models',
+    'mmrevnet.engine',
+    'tools.dataset_converters',
+    'tools.model_converters',
+    'tools.cli',
+    'benchmarks',
+    'tools.analysis_tools',
+)
 
-# Imports that still run upward (each a function-level import): the safe
-# checkpoint reader lives in the engine but the backbone's ``Pretrained``
-# loading and the converter use it; the planner reads the engine's config
-# helpers. Listed exactly, so that a new upward edge fails, and so does
-# one that is removed without shrinking this list.
-_KNOWN_UPWARD = {
-    ('mmrevnet.models.convert', 'mmrevnet.engine.checkpoint'),
-    ('mmrevnet.models.utils.weight_loading', 'mmrevnet.engine.checkpoint'),
-    ('mmrevnet.analysis.planner', 'mmrevnet.engine.config'),
-}
 
-
-def _library_imports():
-    """``{module: {imported library module}}``, read from the source
-    (function-level imports included)."""
-    import ast
+def _modules():
+    """``{dotted name: path}`` of the library, the tools and the studies."""
     import pathlib
 
-    root = pathlib.Path(REPO, 'mmrevnet')
     paths = {}
-    for path in root.rglob('*.py'):
-        parts = path.relative_to(REPO).with_suffix('').parts
-        if parts[-1] == '__init__':
-            parts = parts[:-1]
-        paths['.'.join(parts)] = path
+    for top in ('mmrevnet', 'tools', 'benchmarks'):
+        for path in pathlib.Path(REPO, top).rglob('*.py'):
+            parts = path.relative_to(REPO).with_suffix('').parts
+            if parts[-1] == '__init__':
+                parts = parts[:-1]
+            paths['.'.join(parts)] = path
+    return paths
+
+
+def _imports():
+    """``{module: {imported module of the repository}}``, read from the
+    source (function-level imports included)."""
+    import ast
+
+    paths = _modules()
     edges = {}
     for module, path in paths.items():
         package = module.split('.')
@@ -96,22 +103,21 @@ def _library_imports():
 
 
 def _room(module):
-    parts = module.split('.')
-    return parts[1] if len(parts) > 1 else ''
+    for index, room in enumerate(_LAYERS):
+        if module == room or module.startswith(room + '.'):
+            return index
+    return None
 
 
-def test_library_imports_form_no_cycle():
-    edges = _library_imports()
+def test_imports_form_no_cycle():
+    edges = _imports()
     # The reader sees absolute, relative and function-level imports.
     assert 'mmrevnet.reversible' in edges['mmrevnet.engine.hooks']
     assert (
         'mmrevnet.models.utils.key_mapping'
-        in (edges['mmrevnet.models.convert'])
+        in (edges['tools.model_converters.convert'])
     )
-    assert (
-        'mmrevnet.engine.checkpoint'
-        in (edges['mmrevnet.models.utils.weight_loading'])
-    )
+    assert 'tools.cli.config' in edges['benchmarks.digits']
     state = {}
 
     def visit(module, path):
@@ -133,19 +139,72 @@ def test_library_imports_form_no_cycle():
             visit(module, [module])
 
 
-def test_library_imports_run_downward():
+def test_imports_run_downward():
     upward = set()
-    for module, targets in _library_imports().items():
-        if _room(module) not in _LAYERS:
-            continue
+    for module, targets in _imports().items():
         for target in targets:
-            if _room(target) in _LAYERS and _LAYERS.index(
-                _room(target)
-            ) > _LAYERS.index(_room(module)):
+            library = module.startswith('mmrevnet')
+            if library and not target.startswith('mmrevnet'):
+                # The library never imports a tool or a study.
                 upward.add((module, target))
-            if _room(module) == 'reversible':
-                assert _room(target) == 'reversible', (module, target)
-    assert upward == _KNOWN_UPWARD
+            elif None not in (_room(module), _room(target)) and (
+                _room(target) > _room(module)
+            ):
+                upward.add((module, target))
+        if _room(module) == 0:
+            # reversible/ is torch only: no other room of the project.
+            assert all(_room(t) == 0 for t in targets), module
+    assert not upward
+
+
+def test_every_library_module_imports_alone():
+    """Each module of the library imports in a fresh process (forked after
+    the third-party packages load): no import-order dependence or cycle."""
+    modules = sorted(m for m in _modules() if m.startswith('mmrevnet'))
+    code = textwrap.dedent(
+        f"""
+        import importlib, os, sys
+        import mmengine, mmseg.models, mmpretrain.models, torch  # noqa
+        failed = []
+        for name in {modules!r}:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    importlib.import_module(name)
+                except BaseException as error:
+                    print(name, repr(error), flush=True)
+                    os._exit(1)
+                os._exit(0)
+            if os.waitpid(pid, 0)[1]:
+                failed.append(name)
+        print('FAILED', failed)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert 'FAILED []' in result.stdout, result.stdout + result.stderr[-3000:]
+    assert len(modules) > 30
+
+
+def test_no_library_module_exits_the_process():
+    """``sys.exit``/``exit``/``os._exit`` belong to the command lines."""
+    import ast
+
+    for module, path in _modules().items():
+        if not module.startswith('mmrevnet'):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = ast.unparse(node.func)
+                assert name not in ('sys.exit', 'exit', 'quit', 'os._exit'), (
+                    module,
+                    node.lineno,
+                )
 
 
 def test_docs_named_in_the_library_exist():

@@ -135,8 +135,12 @@ def _wait_any(running: dict, timeout: float) -> None:
 def main(spec_file: str) -> None:
     with open(spec_file) as f:
         spec = json.load(f)
+    # The tools' own modules import from the repository root; the scripts
+    # put it on sys.path themselves, so it is taken off again.
+    sys.path.insert(0, REPO)
     for module in spec['preload']:
         importlib.import_module(module)
+    sys.path.remove(REPO)
     sys.stdout.flush()
     sys.stderr.flush()
     jobs, running, pending = [], {}, list(enumerate(spec['commands']))

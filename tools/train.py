@@ -7,22 +7,24 @@ Example:
 
 import argparse
 import os
+import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-from mmengine.registry import RUNNERS
+_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
-import mmrevnet  # noqa: F401  (shims and registration before mmseg loads)
-from mmrevnet.engine import (
-    UntrustedCheckpointError,
-    build_train_config,
-    init_cpu_launcher,
-)
-from mmrevnet.engine.data_check import (
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+
+import mmrevnet  # noqa: E402,F401  (shims, registration before mmseg)
+from mmrevnet.engine import UntrustedCheckpointError  # noqa: E402
+from tools.cli.config import build_train_config, init_cpu_launcher  # noqa: E402
+from tools.cli.data_check import (  # noqa: E402
     DataCheckError,
     check_segmentation_data,
 )
-from mmrevnet.engine.strict_loading import (
+from tools.cli.strict_loading import (  # noqa: E402
     CheckpointMismatchError,
     run_loading_strictly,
 )

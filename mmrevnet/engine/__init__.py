@@ -5,11 +5,6 @@ from .checkpoint import (
     load_runner_checkpoint,
     runner_checkpoint_globals,
 )
-from .config import (
-    build_test_config,
-    build_train_config,
-    init_cpu_launcher,
-)
 from .distributed import (
     MRevNetCPUDistributedDataParallel,
     init_cpu_process_group,
@@ -34,9 +29,6 @@ __all__ = [
     'MRevNetNonFiniteHook',
     'MRevNetCheckInvalidLossHook',
     'momentum_stages',
-    'build_train_config',
-    'build_test_config',
-    'init_cpu_launcher',
     'MRevNetCPUDistributedDataParallel',
     'init_cpu_process_group',
     'MRevNetBF16CPUAmpOptimWrapper',

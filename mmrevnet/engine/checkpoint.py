@@ -84,6 +84,11 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
+from mmrevnet.models.utils.weight_loading import (
+    UntrustedCheckpointError,
+    check_full_pickle_not_forced,
+)
+
 STATISTICS_METHODS = ('min', 'max', 'mean', 'current')
 _STATE_KEYS = {'max_length', '_log_history', '_count_history'}
 # Bool, signed and unsigned integers, floating point, complex.
@@ -105,12 +110,6 @@ DEFAULT_MAX_ELEMENTS = 1 << 24
 MAX_ELEMENTS_ENV = 'MMREVNET_CHECKPOINT_MAX_ELEMENTS'
 #: Deepest nesting of containers a checkpoint may have.
 MAX_NESTING = 100
-#: The torch variable that makes every torch.load a full pickle load.
-FORCE_FULL_PICKLE_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
-
-
-class UntrustedCheckpointError(pickle.UnpicklingError):
-    """A checkpoint holds objects that safe loading refuses to build."""
 
 
 def _refuse(reason: str):
@@ -695,27 +694,6 @@ def _raised_while_unpickling(error: BaseException):
         return None
     called = frames[inside[-1] + 1 : inside[-1] + 2]
     return called[0].co_name if called else 'the unpickler'
-
-
-def check_full_pickle_not_forced() -> None:
-    """Refuse to load while torch is told to skip its ``weights_only`` check.
-
-    With ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the environment, torch
-    ignores ``weights_only=True`` and runs the full pickle, which executes
-    whatever a file asks for; the project's loaders refuse to run then.
-
-    Raises:
-        UntrustedCheckpointError: The variable is set to a true value.
-    """
-    value = os.environ.get(FORCE_FULL_PICKLE_ENV, '')
-    if value.strip().lower() in ('1', 'y', 'yes', 'true'):
-        raise UntrustedCheckpointError(
-            f'{FORCE_FULL_PICKLE_ENV}={value} is set: torch would load every '
-            'checkpoint with the full pickle, which runs any code a file '
-            'holds, so mmrevnet refuses to load checkpoints. Unset it; to '
-            'load a file you trust, use torch.load(path, weights_only=False) '
-            'in a separate step and save its tensors.'
-        )
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Models registered in MMEngine's root ``MODELS`` registry."""
 
 from .backbones import MRevNet, MRevNetV1c, MRevNetV1d
-from .heads import MRevNetEncoderDecoder, enable_memory_saving_heads
+from .segmentors import MRevNetEncoderDecoder, enable_memory_saving_heads
 
 __all__ = [
     'MRevNet',

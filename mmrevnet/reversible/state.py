@@ -167,21 +167,28 @@ def eager_under_compile(function):
 @eager_under_compile
 def checkpointed_call(
     function,
-    *inputs: torch.Tensor,
+    *args,
     norm_modules: Optional[Iterable[nn.Module]] = None,
+    **kwargs,
 ):
-    """``torch.utils.checkpoint`` whose recomputation leaves BN buffers alone.
+    """``function(*args, **kwargs)``, its activations recomputed in backward.
 
-    Non-reentrant checkpointing (it works with ``torch.autograd.grad`` and
-    inputs that do not require grad) with the RNG state preserved and, in the
-    recomputation only, :func:`frozen_norm_buffers` applied.
+    The one recomputation mechanism of the package (stem, transition
+    blocks, plain-path stages, decode and auxiliary heads): non-reentrant
+    ``torch.utils.checkpoint``, so tensors nested in lists and dicts are
+    seen, ``torch.autograd.grad`` and inputs that do not require grad
+    work, the random-generator state is replayed and the forward's
+    autocast state re-entered; in the recomputation only,
+    :func:`frozen_norm_buffers` keeps train-mode BatchNorm buffers from
+    being updated a second time.
 
     Args:
         function (Callable): The module or function to run.
-        *inputs (torch.Tensor): Its inputs.
+        *args: Its positional arguments.
         norm_modules (Iterable[nn.Module], optional): Modules whose BN
             buffers the recomputation must not touch. Defaults to
             ``[function]`` when ``function`` is a module.
+        **kwargs: Its keyword arguments.
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -196,7 +203,8 @@ def checkpointed_call(
     # it stays eager like the forward.
     return checkpoint(
         eager_under_compile(function),
-        *inputs,
+        *args,
         use_reentrant=False,
         context_fn=contexts,
+        **kwargs,
     )

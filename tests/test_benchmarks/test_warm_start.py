@@ -16,9 +16,9 @@ import torch
 
 import mmrevnet  # noqa: F401  (registers the backbones)
 from benchmarks import warm_start as ws
-from mmrevnet.datasets.digits import export_digits
 from mmrevnet.engine import momentum_stages
 from mmrevnet.models import MRevNetV1c
+from tools.dataset_converters.generators.digits import export_digits
 
 
 @pytest.fixture(scope='module')

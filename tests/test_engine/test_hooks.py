@@ -7,15 +7,15 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 
-from mmrevnet.datasets.synthetic import generate_cityscapes
 from mmrevnet.engine import (
     MRevNetCheckInvalidLossHook,
     MRevNetDriftHook,
     MRevNetNonFiniteHook,
-    build_train_config,
 )
 from mmrevnet.models import MRevNetV1c
 from mmrevnet.reversible import check_finite
+from tools.cli.config import build_train_config
+from tools.dataset_converters.generators.synthetic import generate_cityscapes
 
 DEMO = (
     'configs/demo/pspnet_mrevnet34-d8_1xb8-300iter_synthetic-cityscapes-'

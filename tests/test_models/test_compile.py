@@ -172,13 +172,11 @@ def test_compiled_train_step_matches_eager():
     eager_calls = {
         checkpointed_call.__name__,
         momentum_stage_memory_saving.__name__,
-        'recomputed_call',
         # The backward of every memory-saving Function (the stage, the
-        # recomputed heads, the concat-free heads, the banded loss, the
+        # concat-free heads, the banded loss, the
         # chunked conv3/norm3 of the widest blocks); which of them dynamo
         # meets depends on what earlier compiled code already traced.
         'MomentumStageFunction.backward',
-        'RecomputeFunction.backward',
         '_BandedCrossEntropy.backward',
         '_ConcatConvFunction.backward',
         '_ChunkedConvNorm.backward',

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmrevnet.datasets.synthetic import generate_cityscapes
+from tools.dataset_converters.generators.synthetic import generate_cityscapes
 
 from .helpers import DATA
 

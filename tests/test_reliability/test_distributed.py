@@ -38,8 +38,9 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 
-from mmrevnet.engine import build_train_config, load_runner_checkpoint
+from mmrevnet.engine import load_runner_checkpoint
 from mmrevnet.reversible.function import MomentumStageFunction
+from tools.cli.config import build_train_config
 
 from .helpers import (
     DEMO_CONFIG,

@@ -17,7 +17,8 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 
-from mmrevnet.engine import build_train_config, load_runner_checkpoint
+from mmrevnet.engine import load_runner_checkpoint
+from tools.cli.config import build_train_config
 
 from .helpers import DEMO_CONFIG, tiny_options
 

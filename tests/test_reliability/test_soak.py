@@ -15,7 +15,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 
-from mmrevnet.engine import build_train_config
+from tools.cli.config import build_train_config
 
 from .helpers import DEMO_CONFIG, tiny_options
 

@@ -249,7 +249,7 @@ def test_retained_graph_leaves_the_output_and_gradients_correct(rh):
 def test_reuse_lowers_the_step_peak_by_a_stage_buffer(rh, holder):
     """Holding x_T or its gradient outside autograd costs one buffer of
     the stage's size at the peak (a few bytes of bookkeeping aside)."""
-    from mmrevnet.analysis.memory import step_peak_bytes
+    from benchmarks.memory import step_peak_bytes
 
     rev, _ = rh.make_pair(rh.conv_bn_list(4, dtype=torch.float32), 0.9)
     x = rh.data((2, 4, 32, 32), dtype=torch.float32)

@@ -2,7 +2,7 @@
 
 import torch
 
-from mmrevnet.analysis.memory import SavedTensorCounter
+from benchmarks.memory import SavedTensorCounter
 from mmrevnet.reversible import MomentumSequential
 
 

@@ -10,7 +10,10 @@ from typing import Dict
 import pytest
 
 import mmrevnet  # noqa: F401  (compat shims before mmseg)
-from mmrevnet.datasets.synthetic import generate_ade20k, generate_cityscapes
+from tools.dataset_converters.generators.synthetic import (
+    generate_ade20k,
+    generate_cityscapes,
+)
 
 from .helpers import (
     ADE20K_DATA,
@@ -46,7 +49,7 @@ def trained_run(tmp_path_factory, data_roots):
     """
     from mmengine.registry import RUNNERS
 
-    from mmrevnet.engine import build_train_config
+    from tools.cli.config import build_train_config
 
     cache = {}
 

@@ -14,16 +14,17 @@ from mmengine.config import Config, ConfigDict
 from mmengine.registry import RUNNERS, DefaultScope
 
 import mmrevnet  # noqa: F401  (compat shims before mmseg/mmpretrain)
-from mmrevnet.datasets.digits import (
+from mmrevnet.engine import load_runner_checkpoint
+from mmrevnet.models import MRevNet, MRevNetV1c
+from tools.cli.config import build_train_config
+from tools.dataset_converters.generators.digits import (
     DIGITS_CLASSES,
     DIGITS_MANIFEST,
     export_digits,
     load_digits_arrays,
     split_digits,
 )
-from mmrevnet.datasets.synthetic import generate_imagefolder
-from mmrevnet.engine import build_train_config, load_runner_checkpoint
-from mmrevnet.models import MRevNet, MRevNetV1c
+from tools.dataset_converters.generators.synthetic import generate_imagefolder
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 IN1K = osp.join(REPO, 'configs', 'mrevnet')

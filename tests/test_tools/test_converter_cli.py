@@ -10,7 +10,7 @@ from mmpretrain.models.backbones import ResNetV1d as PretrainResNetV1d
 from tool_process import run_tools
 
 from mmrevnet.models import MRevNet, MRevNetV1d
-from mmrevnet.models.convert import detect_layout
+from tools.model_converters.convert import detect_layout
 
 from .helpers import REPO
 
@@ -40,7 +40,7 @@ def test_torchvision_gets_the_matching_variant(tmp_path):
             [TOOL, src, refused, '--variant', 'v1c'],
             [TOOL, src, partial, '--variant', 'v1c', '--non-strict'],
         ],
-        preload=('torch', 'mmrevnet', 'mmrevnet.models.convert'),
+        preload=('torch', 'mmrevnet', 'tools.model_converters.convert'),
     )
     result = converted
     assert result.returncode == 0, result.stderr

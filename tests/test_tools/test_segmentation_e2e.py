@@ -22,8 +22,9 @@ from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 from torch import nn
 
-from mmrevnet.engine import build_train_config, load_runner_checkpoint
+from mmrevnet.engine import load_runner_checkpoint
 from mmrevnet.models.backbones.mrevnet import MRevNetV1c
+from tools.cli.config import build_train_config
 
 from .helpers import (
     CONFIGS,

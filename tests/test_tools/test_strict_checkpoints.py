@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from tool_process import run_tools
 
-from mmrevnet.engine.strict_loading import compare_state_dict
+from tools.cli.strict_loading import compare_state_dict
 
 from .helpers import REPO, cli_options, config_path, tiny_options
 

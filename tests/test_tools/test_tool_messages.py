@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from tool_process import CLASSIFICATION, run_tools
 
-from mmrevnet.datasets.synthetic import generate_imagefolder
+from tools.dataset_converters.generators.synthetic import generate_imagefolder
 
 from .helpers import REPO
 
@@ -91,7 +91,7 @@ def test_test_tool_out_for_a_classifier(tmp_path):
 
 
 def test_resume_in_an_empty_work_dir_says_so(tmp_path):
-    from mmrevnet.engine import build_train_config
+    from tools.cli.config import build_train_config
 
     work_dir = str(tmp_path / 'empty')
     buffer = io.StringIO()

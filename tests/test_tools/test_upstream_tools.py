@@ -21,8 +21,8 @@ from mmengine.config import Config, ConfigDict
 from mmengine.registry import RUNNERS, DefaultScope
 
 import mmrevnet  # noqa: F401  (compat shims before mmseg)
-from mmrevnet.datasets.synthetic import generate_imagefolder
-from mmrevnet.engine import build_train_config
+from tools.cli.config import build_train_config
+from tools.dataset_converters.generators.synthetic import generate_imagefolder
 
 from .helpers import REPO
 

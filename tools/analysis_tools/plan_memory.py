@@ -1,6 +1,6 @@
 """Plan an m-RevNet's kept blocks for a budget of step peak memory.
 
-Measures the figures of ``mmrevnet.analysis.planner`` at the given input
+Measures the figures of ``benchmarks.planner`` at the given input
 shape (the floor's step peak, per-block saved bytes, per-block forward
 times), picks the plan of least estimated recomputation whose predicted
 step peak fits the budget, and prints it with its ``--cfg-options``.
@@ -21,8 +21,8 @@ import json
 import torch
 
 import mmrevnet  # noqa: F401  (registers the models)
-from mmrevnet.analysis.memory import step_peak
-from mmrevnet.analysis.planner import (
+from benchmarks.memory import step_peak
+from benchmarks.planner import (
     BudgetError,
     ConfigPlanner,
     plan_for_budget,

@@ -115,7 +115,7 @@ def derived_configs(work_dir: str) -> Dict[str, str]:
     from mmengine.config import Config
 
     import mmrevnet  # noqa: F401
-    from mmrevnet.datasets.synthetic import (
+    from tools.dataset_converters.generators.synthetic import (
         generate_cityscapes,
         generate_imagefolder,
     )

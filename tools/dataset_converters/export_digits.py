@@ -12,9 +12,15 @@ ship with scikit-learn. Exporting again with the same options is a no-op.
 
 import argparse
 import json
+import os.path as osp
+import sys
 
-from mmrevnet.datasets.digits import export_digits
-from mmrevnet.datasets.manifest import ExistingDatasetError
+_REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from tools.dataset_converters.generators.digits import export_digits  # noqa: E402
+from tools.dataset_converters.generators.manifest import ExistingDatasetError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,10 +18,16 @@ files) stops the tool with a message; ``--force`` deletes and regenerates.
 import argparse
 import inspect
 import json
+import os.path as osp
+import sys
 from typing import Optional
 
-from mmrevnet.datasets.manifest import ExistingDatasetError
-from mmrevnet.datasets.synthetic import (
+_REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from tools.dataset_converters.generators.manifest import ExistingDatasetError  # noqa: E402
+from tools.dataset_converters.generators.synthetic import (  # noqa: E402
     generate_ade20k,
     generate_cityscapes,
     generate_imagefolder,

@@ -31,7 +31,7 @@ def _train_and_test(
 ) -> Dict:
     from mmengine.registry import RUNNERS
 
-    from mmrevnet.engine import build_train_config
+    from tools.cli.config import build_train_config
 
     options = {
         'train_dataloader.dataset.data_root': data_root,
@@ -97,7 +97,9 @@ def run_segmentation_demo(
         dict: ``data`` (generator summary), ``runs`` (per model: metrics,
         checkpoint, seconds), ``overlays`` (files), ``curve`` (PNG).
     """
-    from mmrevnet.datasets.synthetic import generate_cityscapes
+    from tools.dataset_converters.generators.synthetic import (
+        generate_cityscapes,
+    )
 
     from .logs import plot_training_curve
     from .overlays import save_overlays

@@ -19,13 +19,18 @@ whose shape does not fit the target is always refused. The output is
 ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` on the backbone. An
 existing DST is not replaced unless ``--force`` is given. Every refusal
 (including a source file refused as untrusted) is one ``error:`` line and
-exit status 1. See :mod:`mmrevnet.models.convert`.
+exit status 1. See :mod:`tools.model_converters.convert`.
 """
 
 import argparse
+import os.path as osp
 import sys
 
-from mmrevnet.models.convert import (
+_REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from tools.model_converters.convert import (  # noqa: E402
     SOURCES,
     VARIANTS,
     ConversionError,

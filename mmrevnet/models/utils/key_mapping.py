@@ -3,7 +3,7 @@ MRevNet's (mmseg's ``ResNet`` names).
 
 Pure functions of a state dict's keys: used when a backbone loads weights
 (:mod:`.weight_loading`) and by the checkpoint converter
-(:mod:`mmrevnet.models.convert`).
+(:mod:`tools.model_converters.convert`).
 """
 
 import re

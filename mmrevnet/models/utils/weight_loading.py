@@ -8,6 +8,8 @@ a load pre-hook, so ``init_cfg=dict(type='Pretrained')`` reads them), the
 
 import contextlib
 import copy
+import os
+import pickle
 import re
 import warnings
 from collections import OrderedDict
@@ -17,6 +19,34 @@ from typing import List
 from torch import nn
 
 from .key_mapping import detect_source, rename_keys
+
+#: The torch variable that makes every torch.load a full pickle load.
+FORCE_FULL_PICKLE_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds objects that safe loading refuses to build."""
+
+
+def check_full_pickle_not_forced() -> None:
+    """Refuse to load while torch is told to skip its ``weights_only`` check.
+
+    With ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the environment, torch
+    ignores ``weights_only=True`` and runs the full pickle, which executes
+    whatever a file asks for; the project's loaders refuse to run then.
+
+    Raises:
+        UntrustedCheckpointError: The variable is set to a true value.
+    """
+    value = os.environ.get(FORCE_FULL_PICKLE_ENV, '')
+    if value.strip().lower() in ('1', 'y', 'yes', 'true'):
+        raise UntrustedCheckpointError(
+            f'{FORCE_FULL_PICKLE_ENV}={value} is set: torch would load every '
+            'checkpoint with the full pickle, which runs any code a file '
+            'holds, so mmrevnet refuses to load checkpoints. Unset it; to '
+            'load a file you trust, use torch.load(path, weights_only=False) '
+            'in a separate step and save its tensors.'
+        )
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -203,7 +233,7 @@ def map_resnet_keys(module, state_dict, prefix: str = '') -> OrderedDict:
     mmpretrain's deep stem (``stem.<i>.conv``/``stem.<i>.bn``, and V1d's
     pool-less stride-one downsample) becomes mmseg's keys and
     torchvision's classifier ``fc`` is dropped, with the renaming of
-    :mod:`mmrevnet.models.convert`; other keys are left alone.
+    :mod:`tools.model_converters.convert`; other keys are left alone.
 
     Args:
         module (MRevNet): The backbone the weights are for.
@@ -320,9 +350,6 @@ def pretrained_fit_check(module, strict: bool = True):
     if cfg is None:
         yield
         return
-    # The engine imports the backbones: import it when loading.
-    from mmrevnet.engine.checkpoint import check_full_pickle_not_forced
-
     # torch would load the file with the full pickle.
     check_full_pickle_not_forced()
     if not strict:

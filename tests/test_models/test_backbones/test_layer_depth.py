@@ -10,7 +10,7 @@ from mmengine.config import Config, ConfigDict
 from mmengine.registry import RUNNERS, DefaultScope
 
 import mmrevnet  # noqa: F401  (compat shims before mmpretrain)
-from mmrevnet.datasets.synthetic import generate_imagefolder
+from tools.dataset_converters.generators.synthetic import generate_imagefolder
 
 REPO = osp.dirname(
     osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -102,7 +102,7 @@ def test_layer_decay_recipe_trains(tmp_path):
     generate_imagefolder(
         root, num_classes=4, per_class_train=2, per_class_val=1, size=(32, 32)
     )
-    from mmrevnet.engine import build_train_config
+    from tools.cli.config import build_train_config
 
     cfg = build_train_config(
         osp.join(REPO, 'configs', 'mrevnet', 'mrevnetv1c18_8xb32_in1k.py'),

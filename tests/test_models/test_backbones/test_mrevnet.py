@@ -11,7 +11,7 @@ from mmseg.models.backbones import ResNetV1c, ResNetV1d
 from model_helpers import assert_matches_plain, randomize_norms
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmrevnet.analysis.memory import SavedTensorCounter
+from benchmarks.memory import SavedTensorCounter
 from mmrevnet.models import MRevNet, MRevNetV1c, MRevNetV1d
 from mmrevnet.reversible import MomentumStageFunction
 

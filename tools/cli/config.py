@@ -7,7 +7,10 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 
-from .distributed import cpu_model_wrapper_cfg, init_cpu_process_group
+from mmrevnet.engine.distributed import (
+    cpu_model_wrapper_cfg,
+    init_cpu_process_group,
+)
 
 
 def _config_stem(config: str) -> str:

@@ -1,4 +1,4 @@
-"""Tests of the synthetic dataset generator (mmrevnet.datasets.synthetic)."""
+"""Tests of the synthetic data set generators (tools/dataset_converters)."""
 
 import filecmp
 import importlib.util
@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 import mmrevnet  # noqa: F401  (compat shims before mmseg)
-from mmrevnet.datasets import synthetic
-from mmrevnet.datasets.manifest import ExistingDatasetError
-from mmrevnet.datasets.synthetic import (
+from tools.dataset_converters.generators import synthetic
+from tools.dataset_converters.generators.manifest import ExistingDatasetError
+from tools.dataset_converters.generators.synthetic import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
     MANIFEST_NAME,

@@ -4,8 +4,7 @@ import os.path as osp
 
 import mmengine.logging
 
-from mmrevnet.engine import build_train_config
-from mmrevnet.engine.config import sync_bn_to_bn
+from tools.cli.config import build_train_config, sync_bn_to_bn
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(

@@ -8,8 +8,8 @@ import torch
 from mmengine.config import Config, DictAction
 
 import mmrevnet  # noqa: F401  (registers MRevNetV1c)
-from mmrevnet.analysis.memory import SavedTensorCounter, step_peak
-from mmrevnet.analysis.planner import (
+from benchmarks.memory import SavedTensorCounter, step_peak
+from benchmarks.planner import (
     BudgetError,
     ConfigPlanner,
     Plan,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmrevnet.analysis.memory import (
+from benchmarks.memory import (
     SavedTensorCounter,
     StepPeak,
     cuda_peak_memory,

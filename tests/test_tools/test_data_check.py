@@ -11,8 +11,8 @@ import pytest
 from mmengine.config import Config
 from PIL import Image
 
-from mmrevnet.datasets.synthetic import generate_cityscapes
-from mmrevnet.engine.data_check import DataCheckError, check_segmentation_data
+from tools.cli.data_check import DataCheckError, check_segmentation_data
+from tools.dataset_converters.generators.synthetic import generate_cityscapes
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(

@@ -10,7 +10,7 @@ an input shape and a budget of step peak memory, the plan with the least
 estimated recomputation time whose predicted step peak fits.
 
 The estimate is built from figures measured once at that shape
-(:func:`measure_figures`), all with :mod:`mmrevnet.analysis.memory`, the
+(:func:`measure_figures`), all with :mod:`benchmarks.memory`, the
 project's one measurement implementation:
 
 * ``P0``, the step peak of the floor plan (:func:`~.memory.step_peak`);
@@ -540,7 +540,7 @@ class ConfigPlanner:
         from mmengine.registry import init_default_scope
         from mmseg.registry import MODELS
 
-        from mmrevnet.engine.config import sync_bn_to_bn
+        from tools.cli.config import sync_bn_to_bn
 
         init_default_scope('mmseg')
         backbone = dict(copy.deepcopy(self._backbone))

@@ -25,9 +25,10 @@ Which one wins is measured in ``docs/benchmark/segmentor.md``.
 
 from typing import Iterator, List, Sequence
 
+import torch
 from torch import nn
 
-from .recompute import recomputed_call
+from mmrevnet.reversible.state import checkpointed_call
 
 __all__ = [
     'GRANULARITIES',
@@ -43,8 +44,9 @@ GRANULARITIES = ('head', 'module')
 
 class _RecomputedForward:
     """Instance-level ``forward`` of a module whose activations are
-    recomputed; falls back to the module's own forward when nothing needs
-    saving (eval mode, ``no_grad``, nothing requires grad)."""
+    recomputed (:func:`~mmrevnet.reversible.state.checkpointed_call`);
+    falls back to the module's own forward when nothing would be saved
+    (eval mode, ``no_grad``)."""
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -55,16 +57,12 @@ class _RecomputedForward:
 
     def __call__(self, *args, **kwargs):
         module = self.module
-        if not module.training:
+        if not (module.training and torch.is_grad_enabled()):
             # Eval mode runs the plain head (FLOP counters, inference and
             # exports see ordinary modules); BN would not update anyway.
             return self.plain_forward(*args, **kwargs)
-        return recomputed_call(
-            self.plain_forward,
-            args,
-            kwargs,
-            params=list(module.parameters()),
-            modules=[module],
+        return checkpointed_call(
+            self.plain_forward, *args, norm_modules=[module], **kwargs
         )
 
 

@@ -43,8 +43,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .backbones import MRevNet, MRevNetV1c, MRevNetV1d
-from .utils.key_mapping import (
+from mmrevnet.models.backbones import MRevNet, MRevNetV1c, MRevNetV1d
+from mmrevnet.models.utils.key_mapping import (
     _DOWNSAMPLE,
     SOURCES,
     detect_source,
@@ -128,7 +128,7 @@ class ConversionResult:
         from mmrevnet import __version__
 
         meta = dict(
-            converted_by='mmrevnet.models.convert',
+            converted_by='tools.model_converters.convert',
             mmrevnet_version=__version__,
             source=self.source,
             target=dict(

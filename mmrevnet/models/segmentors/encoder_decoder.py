@@ -12,9 +12,9 @@ from mmengine.registry import MODELS
 from mmseg.models.segmentors import EncoderDecoder
 from torch import nn
 
-from .banded_loss import enable_banded_loss
-from .concat_conv import enable_concat_free
-from .memory_saving import GRANULARITIES, enable_memory_saving
+from ..memory_saving.banded_loss import enable_banded_loss
+from ..memory_saving.concat_conv import enable_concat_free
+from ..memory_saving.heads import GRANULARITIES, enable_memory_saving
 
 __all__ = ['MRevNetEncoderDecoder', 'enable_memory_saving_heads']
 
@@ -63,7 +63,7 @@ def enable_memory_saving_heads(
     Args:
         segmentor (nn.Module): The segmentor.
         granularity (str): See
-            :func:`~mmrevnet.models.heads.enable_memory_saving`.
+            :func:`~mmrevnet.models.memory_saving.enable_memory_saving`.
             Defaults to ``'head'``.
         nested (bool): With ``'head'``, also recompute
             :func:`nested_units` separately inside each head.
@@ -102,14 +102,15 @@ class MRevNetEncoderDecoder(EncoderDecoder):
             heads plainly. Defaults to ``'head'``.
         concat_free (bool): Compute the bottleneck convolutions of
             ``PSPHead``, ``ASPPHead`` and ``UPerHead`` without their
-            concatenation (:mod:`~mmrevnet.models.heads.concat_conv`;
+            concatenation (:mod:`~mmrevnet.models.memory_saving.concat_conv`;
             other heads are unchanged), and with ``'head'`` recompute
             ``UPerHead``'s FPN convolutions separately inside the head's
             recomputation (:func:`nested_units`). Defaults to True.
         loss_bands (int, optional): Compute each head's cross-entropy and
             accuracy on the upsampled logits in this many row bands
-            (:mod:`~mmrevnet.models.heads.banded_loss`; heads with other
-            losses or a pixel sampler keep mmseg's); None computes them on
+            (:mod:`~mmrevnet.models.memory_saving.banded_loss`; heads
+            with other losses or a pixel sampler keep mmseg's); None
+            computes them on
             the whole upsampled logits. Defaults to 16.
         **kwargs: Arguments of mmseg's ``EncoderDecoder``.
     """

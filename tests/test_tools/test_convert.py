@@ -15,7 +15,7 @@ from mmseg.models.backbones import ResNetV1c as SegResNetV1c
 from model_helpers import randomize_norms
 
 from mmrevnet.models import MRevNet, MRevNetV1c, MRevNetV1d
-from mmrevnet.models.convert import (
+from tools.model_converters.convert import (
     ConversionError,
     convert_checkpoint,
     convert_state_dict,

@@ -304,7 +304,7 @@ def _owns_output(module: nn.Module) -> bool:
     unit, whose Function saves its inputs only)."""
     if not torch.is_grad_enabled():
         return True
-    from .memory_saving import is_memory_saving
+    from .heads import is_memory_saving
 
     return is_memory_saving(module)
 
