@@ -30,7 +30,7 @@ CHECKOUT_ONLY = (
     'tools/run_tests.sh',
     'tools/demo.sh',
     'tools/run_demo.py',
-    'tools/demo/',
+    'tools/demo/segmentation_demo.py',
     'tools/dataset_converters/',
     'tools/analysis_tools/benchmark_gpu.sh',
     'tools/analysis_tools/provenance.py',

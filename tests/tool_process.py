@@ -15,12 +15,17 @@ loggers, visualizers or registrations.
 Tests that use it keep at least one real ``python tools/...`` subprocess
 for the same tool, so that the script's own start-up stays tested.
 
-Run as ``python tests/tool_process.py SPEC.json``; the spec lists the
-modules to import first and the command lines; one ``RESULT:`` line of
-JSON is printed.
+Each process of the tests starts one such process per set of modules to
+import first (``python tests/tool_process.py --serve MODULES``) and keeps
+it for all its calls, so the imports are paid once per test process; the
+children get the caller's environment. For each spec file named on its
+stdin (command lines, workers, timeout, output folder) it prints one
+``RESULT:`` line of JSON.
 """
 
+import atexit
 import importlib
+import itertools
 import json
 import os
 import os.path as osp
@@ -132,17 +137,19 @@ def _wait_any(running: dict, timeout: float) -> None:
         time.sleep(0.01)
 
 
-def main(spec_file: str) -> None:
-    with open(spec_file) as f:
-        spec = json.load(f)
+def _preload(modules: Sequence[str]) -> None:
     # The tools' own modules import from the repository root; the scripts
     # put it on sys.path themselves, so it is taken off again.
     sys.path.insert(0, REPO)
-    for module in spec['preload']:
+    for module in modules:
         importlib.import_module(module)
     sys.path.remove(REPO)
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+def _run_spec(spec: dict) -> list:
+    """Fork one child per command line of ``spec``; their results."""
     jobs, running, pending = [], {}, list(enumerate(spec['commands']))
     folder = spec['folder']
     while pending or running:
@@ -157,6 +164,8 @@ def main(spec_file: str) -> None:
             jobs.append(job)
             pid = os.fork()
             if pid == 0:
+                os.environ.clear()
+                os.environ.update(spec['environment'])
                 _child(argv, job['stdout'], job['stderr'])
             running[pid] = job
         else:
@@ -176,7 +185,73 @@ def main(spec_file: str) -> None:
                 timed_out=job.get('timed_out', False),
             )
         )
-    print('RESULT:' + json.dumps(results), flush=True)
+    return results
+
+
+def serve(preload: str) -> None:
+    """Import ``preload`` (comma-separated) once, then, for each line
+    ``ID SPEC_FILE`` of stdin, run the spec and answer ``RESULT:ID:JSON``
+    (the ID lets the caller skip an answer it stopped waiting for)."""
+    _preload(preload.split(','))
+    for line in sys.stdin:
+        request, path = line.split(' ', 1)
+        with open(path.strip()) as f:
+            spec = json.load(f)
+        results = json.dumps(_run_spec(spec))
+        print(f'RESULT:{request}:{results}', flush=True)
+
+
+#: Servers of this process, by preload: started at the first call of
+#: :func:`run_tools` and ended when the tests' process exits. A server's
+#: own environment is the one of that first call; only its imports see it,
+#: each child gets the environment of its caller.
+_SERVERS: dict = {}
+_REQUESTS = itertools.count()
+
+
+def _server(preload: Sequence[str]) -> subprocess.Popen:
+    key = ','.join(preload)
+    server = _SERVERS.get(key)
+    if server is None or server.poll() is not None:
+        log = tempfile.NamedTemporaryFile(
+            prefix='tool_server_', suffix='.log', delete=False
+        )
+        server = subprocess.Popen(
+            [sys.executable, osp.abspath(__file__), '--serve', key],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        server.log_path = log.name
+        _SERVERS[key] = server
+        atexit.register(_stop, server)
+    return server
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        try:
+            server.stdin.close()
+            server.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            server.kill()
+            server.wait()
+    if osp.exists(server.log_path):
+        os.remove(server.log_path)
+
+
+def _ask(server: subprocess.Popen, spec: str) -> Optional[list]:
+    """Send a spec to ``server``; its results, or None when it died."""
+    request = next(_REQUESTS)
+    server.stdin.write(f'{request} {spec}\n')
+    server.stdin.flush()
+    answer = f'RESULT:{request}:'
+    for line in server.stdout:
+        if line.startswith(answer):
+            return json.loads(line[len(answer) :])
+    return None
 
 
 def run_tools(
@@ -211,24 +286,22 @@ def run_tools(
         with open(spec, 'w') as f:
             json.dump(
                 dict(
-                    preload=list(preload),
                     commands=commands,
                     workers=workers,
                     timeout=timeout,
                     folder=folder,
+                    environment=dict(os.environ),
                 ),
                 f,
             )
-        process = subprocess.run(
-            [sys.executable, osp.abspath(__file__), spec],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout * len(commands) + 120,
-        )
-    lines = [x for x in process.stdout.splitlines() if x.startswith('RESULT:')]
-    assert process.returncode == 0 and lines, process.stderr[-3000:]
-    results = json.loads(lines[-1][len('RESULT:') :])
+        server = _server(preload)
+        results = _ask(server, spec)
+    if results is None:
+        _SERVERS.pop(','.join(preload), None)
+        with open(server.log_path, errors='replace') as f:
+            log = f.read()[-3000:]
+        _stop(server)
+        raise AssertionError(f'the tool server stopped:\n{log}')
     timed_out = [r['argv'] for r in results if r['timed_out']]
     assert not timed_out, f'ran over {timeout} s: {timed_out}'
     return [
@@ -243,4 +316,4 @@ def run_tools(
 
 
 if __name__ == '__main__':
-    main(sys.argv[1])
+    serve(sys.argv[2])

@@ -164,6 +164,43 @@ def eager_under_compile(function):
     return call
 
 
+def _call_with_arguments(function, args, kwargs):
+    return function(*args, **kwargs)
+
+
+def _tensors(tree) -> List[torch.Tensor]:
+    """The tensors of ``tree``, searched through lists, tuples, dicts."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    return []
+
+
+@contextlib.contextmanager
+def _recomputation(
+    norm_modules: List[nn.Module],
+    tensors: List[torch.Tensor],
+    versions: List[int],
+):
+    """The context of a recomputation: BN buffers frozen, and inputs
+    written in place since the forward refused (``Tensor._version``, the
+    counter autograd checks its own saved tensors with): the
+    recomputation would silently differ from the forward."""
+    for tensor, version in zip(tensors, versions):
+        if tensor._version != version:
+            raise RuntimeError(
+                'an input of a recomputed (checkpointed) function was '
+                'modified in place after the forward pass, so its '
+                'activations cannot be recomputed; clone it before writing '
+                'to it'
+            )
+    with frozen_norm_buffers(norm_modules):
+        yield
+
+
 @eager_under_compile
 def checkpointed_call(
     function,
@@ -175,12 +212,13 @@ def checkpointed_call(
 
     The one recomputation mechanism of the package (stem, transition
     blocks, plain-path stages, decode and auxiliary heads): non-reentrant
-    ``torch.utils.checkpoint``, so tensors nested in lists and dicts are
-    seen, ``torch.autograd.grad`` and inputs that do not require grad
-    work, the random-generator state is replayed and the forward's
-    autocast state re-entered; in the recomputation only,
-    :func:`frozen_norm_buffers` keeps train-mode BatchNorm buffers from
-    being updated a second time.
+    ``torch.utils.checkpoint``, so tensors nested in lists and dicts, also
+    in keyword arguments, are seen (their devices' random-generator states
+    are replayed), ``torch.autograd.grad`` and inputs that do not require
+    grad work, and the forward's autocast state is re-entered. In the
+    recomputation only, :func:`frozen_norm_buffers` keeps train-mode
+    BatchNorm buffers from being updated a second time, and an input
+    written in place since the forward is refused.
 
     Args:
         function (Callable): The module or function to run.
@@ -195,16 +233,26 @@ def checkpointed_call(
     if norm_modules is None:
         norm_modules = [function] if isinstance(function, nn.Module) else []
     norm_modules = list(norm_modules)
+    inputs = _tensors((args, kwargs))
+    versions = [tensor._version for tensor in inputs]
 
     def contexts():
-        return contextlib.nullcontext(), frozen_norm_buffers(norm_modules)
+        return (
+            contextlib.nullcontext(),
+            _recomputation(norm_modules, inputs, versions),
+        )
 
-    # The recomputation runs inside the backward of a compiled step too:
-    # it stays eager like the forward.
+    # The arguments go to checkpoint as plain values, so that it finds the
+    # tensors of keyword arguments too; the recomputation runs inside the
+    # backward of a compiled step as well and stays eager like the forward.
     return checkpoint(
-        eager_under_compile(function),
-        *args,
+        _eager_call,
+        function,
+        args,
+        kwargs,
         use_reentrant=False,
         context_fn=contexts,
-        **kwargs,
     )
+
+
+_eager_call = eager_under_compile(_call_with_arguments)

@@ -1,6 +1,7 @@
 """The benchmark tool's library: deterministic memory rows and outputs."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,6 @@ from benchmarks.benchmark import (
     BASELINE,
     markdown_table,
     peak_comparison,
-    plot,
     ratios,
     run_benchmark,
 )
@@ -19,16 +19,47 @@ from benchmarks.benchmark import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_memory_rows_are_deterministic_and_ordered():
-    kwargs = dict(
-        depths=(50,),
-        heads=('backbone', 'pspnet'),
-        size=(64, 64),
-        measure_time=False,
-        log=None,
+#: The grid of the command-line run, measured once more in this process.
+GRID = dict(depths=(50,), heads=('backbone', 'pspnet'), size=(64, 64))
+
+
+@pytest.fixture(scope='module')
+def tool_run(tmp_path_factory):
+    """``benchmark_memory.py`` on :data:`GRID`, one timed step: each
+    (depth, head) group in its own process, as the tool runs them."""
+    out = tmp_path_factory.mktemp('benchmark')
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'tools/analysis_tools/benchmark_memory.py'),
+            '--depths',
+            *map(str, GRID['depths']),
+            '--heads',
+            *GRID['heads'],
+            '--size',
+            *map(str, GRID['size']),
+            '--warmup',
+            '0',
+            '--repeats',
+            '1',
+            '--out-dir',
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        # One thread, as in this process (the conftest): the CPU kernels,
+        # and with them what a step allocates, depend on the thread count.
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
     )
-    rows = run_benchmark(**kwargs)
-    again = run_benchmark(**kwargs)
+    return out
+
+
+@pytest.mark.slow
+def test_memory_rows_are_deterministic_and_ordered(tool_run):
+    rows = run_benchmark(**GRID, measure_time=False, log=None)
+    # The same figures as the tool's subprocesses measured.
+    again = json.loads((tool_run / 'benchmark.json').read_text())['rows']
     for key in ('activation_mib', 'step_peak_mib', 'step_grad_mib'):
         assert [r[key] for r in rows] == [r[key] for r in again]
     assert len(rows) == 8
@@ -77,40 +108,19 @@ def test_peak_comparison_table():
     assert lines[3].endswith('| 10.0 | 12.5 | - |')
 
 
-def test_timing_rows_have_ratios(tmp_path):
-    rows = run_benchmark(
-        depths=(50,),
-        heads=('backbone',),
-        size=(32, 32),
-        warmup=0,
-        repeats=2,
-        log=None,
-    )
-    base = [r for r in rows if r['variant'] == BASELINE][0]
-    assert base['time_ratio'] == 1.0
-    assert all(len(r['step_times']) == 2 for r in rows)
-    assert all(r['time_ratio'] > 0 for r in rows)
-    out = plot(rows, str(tmp_path / 'plot.png'))
-    assert Path(out).stat().st_size > 1000
-    assert 'time vs plain' in markdown_table(rows)
-
-
 @pytest.mark.slow
-def test_benchmark_tool_quick(tmp_path):
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / 'tools/analysis_tools/benchmark_memory.py'),
-            '--quick',
-            '--out-dir',
-            str(tmp_path),
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    result = json.loads((tmp_path / 'benchmark.json').read_text())
-    assert len(result['rows']) == 8
-    assert all(r['step_peak_mib'] > 0 for r in result['rows'])
-    assert (tmp_path / 'benchmark.md').read_text().startswith('Device:')
-    assert (tmp_path / 'benchmark.png').stat().st_size > 1000
+def test_benchmark_tool_writes_rows_with_time_ratios(tool_run):
+    result = json.loads((tool_run / 'benchmark.json').read_text())
+    rows = result['rows']
+    assert len(rows) == 8
+    assert all(r['step_peak_mib'] > 0 for r in rows)
+    for head in GRID['heads']:
+        base = [
+            r for r in rows if r['variant'] == BASELINE and r['head'] == head
+        ]
+        assert base[0]['time_ratio'] == 1.0
+    assert all(len(r['step_times']) == 1 for r in rows)
+    assert all(r['time_ratio'] > 0 for r in rows)
+    table = (tool_run / 'benchmark.md').read_text()
+    assert table.startswith('Device:') and 'time vs plain' in table
+    assert (tool_run / 'benchmark.png').stat().st_size > 1000

@@ -97,11 +97,18 @@ RESNET = dict(
 )
 
 
-def test_drift_hook_needs_momentum_stages(data_root, tmp_path):
-    runner = _runner(data_root, tmp_path, None, **{'model.backbone': RESNET})
-    runner.register_hook(MRevNetDriftHook())
+def test_drift_hook_needs_momentum_stages():
+    """Refused when training starts (``before_train``), before a step."""
+    from types import SimpleNamespace
+
+    from mmseg.models.backbones import ResNetV1c
+
+    arguments = {
+        k: v for k, v in RESNET.items() if k not in ('_delete_', 'type')
+    }
+    plain = ResNetV1c(**arguments)
     with pytest.raises(ValueError, match='no momentum stages'):
-        runner.train()
+        MRevNetDriftHook().before_train(SimpleNamespace(model=plain))
 
 
 @pytest.mark.slow

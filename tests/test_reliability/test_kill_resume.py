@@ -1,8 +1,9 @@
-"""The training tool killed at 20 random moments resumes every time.
+"""The training tool killed at 10 random moments resumes every time.
 
 ``kill_loop.py`` runs ``tools/train.py`` (a small model with a 4 MB
 checkpoint saved every iteration, generated data, ``--resume``) and kills
-it with SIGKILL 20 times: while it starts and resumes, at a random moment
+it with SIGKILL 10 times (with seed 0: 5 while saving, 3 while starting,
+2 while training): while it starts and resumes, at a random moment
 of training, or while ``torch.save`` writes a checkpoint. Each next run
 must resume from the newest complete checkpoint and name every truncated
 file it skips; after the last kill a run trains to its end and must give
@@ -21,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-KILLS = 20
+KILLS = 10
 SEED = 0
 
 
@@ -89,6 +90,7 @@ def test_killed_training_resumes(tmp_path):
     assert final['reference_exit_status'] == 0
     assert final['differing'] == [], final
     moments = Counter(run['moment'] for run in rounds)
+    assert set(moments) == {'startup', 'training', 'saving'}, moments
     print(
         f'\nkills: {dict(moments)}; kills that left a truncated checkpoint: '
         f'{truncated}; resumed runs: '

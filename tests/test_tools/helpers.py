@@ -12,8 +12,6 @@ The fixtures that generate the data and train are in ``conftest.py``.
 """
 
 import os.path as osp
-import subprocess
-import sys
 from typing import Dict, List, Optional
 
 from mmengine.config import Config
@@ -183,14 +181,12 @@ def no_syncbn(cfg) -> bool:
 
 
 def run_tool(args: List[str], timeout: int = 300):
-    """Run ``python <args>`` from the repository root; return the result."""
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run ``python <args>`` from the repository root as a child of the
+    test process's tool server (``tests/tool_process.py``: torch, mmengine
+    and mmseg imported once); asserts exit 0 and returns the output."""
+    from tool_process import run_tools
+
+    (result,) = run_tools([args], timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output

@@ -17,7 +17,11 @@ from .helpers import REPO
 TOOL = 'tools/model_converters/resnet_to_mrevnet.py'
 
 
+PRELOAD = ('torch', 'mmrevnet', 'tools.model_converters.convert')
+
+
 def _convert(*args):
+    """``python TOOL *args`` itself (the start-up of the script)."""
     return subprocess.run(
         [sys.executable, TOOL, *map(str, args)],
         cwd=REPO,
@@ -31,16 +35,17 @@ def test_torchvision_gets_the_matching_variant(tmp_path):
     src, dst = tmp_path / 'resnet18.pth', tmp_path / 'mrevnet18.pth'
     torch.save(torchvision.models.resnet18().state_dict(), src)
     refused, partial = tmp_path / 'refused.pth', tmp_path / 'partial.pth'
-    # The three command lines in one process that forks a run of the tool
-    # per line (tests/tool_process.py); the other tests here start
-    # ``python tools/model_converters/resnet_to_mrevnet.py`` itself.
+    # The three command lines as children of the tool server, which forks
+    # a run of the tool per line (tests/tool_process.py); the text-file
+    # test starts ``python tools/model_converters/resnet_to_mrevnet.py``
+    # itself.
     converted, refused_run, partial_run = run_tools(
         [
             [TOOL, src, dst],
             [TOOL, src, refused, '--variant', 'v1c'],
             [TOOL, src, partial, '--variant', 'v1c', '--non-strict'],
         ],
-        preload=('torch', 'mmrevnet', 'tools.model_converters.convert'),
+        preload=PRELOAD,
     )
     result = converted
     assert result.returncode == 0, result.stderr
@@ -67,7 +72,7 @@ def test_mmpretrain_v1d_layout_is_detected(tmp_path):
     assert detect_layout(theirs) == ('v1d', 50)
     src, dst = tmp_path / 'v1d.pth', tmp_path / 'mrevnetv1d.pth'
     torch.save({'state_dict': theirs}, src)
-    result = _convert(src, dst)
+    (result,) = run_tools([[TOOL, src, dst]], preload=PRELOAD)
     assert result.returncode == 0, result.stderr
     assert 'target: MRevNetV1d(depth=50)' in result.stdout
     MRevNetV1d(depth=50).load_state_dict(

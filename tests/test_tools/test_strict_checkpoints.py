@@ -1,8 +1,6 @@
 """``tools/test.py`` loads checkpoints strictly unless told otherwise."""
 
 import os.path as osp
-import subprocess
-import sys
 
 import torch
 import torchvision
@@ -12,7 +10,7 @@ from tool_process import run_tools
 
 from tools.cli.strict_loading import compare_state_dict
 
-from .helpers import REPO, cli_options, config_path, tiny_options
+from .helpers import cli_options, config_path, tiny_options
 
 HEAD, LAYOUT = 'pspnet', 'cityscapes'
 
@@ -103,7 +101,6 @@ def test_train_tool_refuses_misfitting_load_from(data_roots, tmp_path):
     depth34 = tmp_path / 'depth34.pth'
     torch.save({'state_dict': _segmentor(deeper).state_dict()}, depth34)
     args = [
-        sys.executable,
         'tools/train.py',
         config_path(HEAD, LAYOUT),
         '--work-dir',
@@ -111,9 +108,7 @@ def test_train_tool_refuses_misfitting_load_from(data_roots, tmp_path):
         '--cfg-options',
         *cli_options(dict(options, load_from=str(depth34))),
     ]
-    result = subprocess.run(
-        args, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    (result,) = run_tools([args])
     assert result.returncode != 0
     assert 'does not fit the model' in result.stderr
     assert '--non-strict' in result.stderr

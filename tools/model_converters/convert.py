@@ -128,7 +128,7 @@ class ConversionResult:
         from mmrevnet import __version__
 
         meta = dict(
-            converted_by='tools.model_converters.convert',
+            converted_by='mmrevnet tools/model_converters/convert.py',
             mmrevnet_version=__version__,
             source=self.source,
             target=dict(

@@ -3,7 +3,11 @@
 The key mapping of mmpretrain's and torchvision's ResNet layouts (applied by
 a load pre-hook, so ``init_cfg=dict(type='Pretrained')`` reads them), the
 ``residual_fn`` record of a saved MRevNet, the warm-start default of
-``residual_fn``, and the strict check of ``Pretrained`` weights.
+``residual_fn``, the strict check of ``Pretrained`` weights, and the
+refusal to load while torch is told to skip its ``weights_only`` check
+(:func:`check_full_pickle_not_forced`, raising
+:class:`UntrustedCheckpointError`, which the engine's safe loader raises
+too).
 """
 
 import contextlib

@@ -1,4 +1,7 @@
-"""Dataset utilities of mmrevnet (synthetic datasets for tests/demos)."""
+"""Synthetic data sets in real layouts, for the tests, demos and studies.
+
+Development tools of the checkout: not shipped in the wheel.
+"""
 
 from .synthetic import (
     ADE20K_NUM_CLASSES,
