@@ -164,7 +164,7 @@ def eager_under_compile(function):
     return call
 
 
-def _call_with_arguments(function, args, kwargs):
+def _call_with_arguments(function, kwargs, *args):
     return function(*args, **kwargs)
 
 
@@ -187,7 +187,8 @@ def _recomputation(
 ):
     """The context of a recomputation: BN buffers frozen, and inputs
     written in place since the forward refused (``Tensor._version``, the
-    counter autograd checks its own saved tensors with): the
+    counter autograd checks its own saved tensors with, as checkpoint does
+    for the tensors passed as positional arguments themselves): the
     recomputation would silently differ from the forward."""
     for tensor, version in zip(tensors, versions):
         if tensor._version != version:
@@ -233,7 +234,11 @@ def checkpointed_call(
     if norm_modules is None:
         norm_modules = [function] if isinstance(function, nn.Module) else []
     norm_modules = list(norm_modules)
-    inputs = _tensors((args, kwargs))
+    # Tensors inside containers and keyword arguments: checkpoint keeps
+    # them by reference, without the version check of the saved ones.
+    inputs = _tensors(
+        ([a for a in args if not isinstance(a, torch.Tensor)], kwargs)
+    )
     versions = [tensor._version for tensor in inputs]
 
     def contexts():
@@ -242,14 +247,16 @@ def checkpointed_call(
             _recomputation(norm_modules, inputs, versions),
         )
 
-    # The arguments go to checkpoint as plain values, so that it finds the
-    # tensors of keyword arguments too; the recomputation runs inside the
+    # Positional tensors are saved by checkpoint (saved-tensor hooks and
+    # version check apply); the keyword arguments go as one positional
+    # dict, where checkpoint finds their devices and no name of theirs can
+    # clash with its own keywords. The recomputation runs inside the
     # backward of a compiled step as well and stays eager like the forward.
     return checkpoint(
         _eager_call,
         function,
-        args,
         kwargs,
+        *args,
         use_reentrant=False,
         context_fn=contexts,
     )
