@@ -15,7 +15,6 @@ That second evaluation must be the *same* function as in the forward pass:
 """
 
 import contextlib
-import functools
 from typing import Iterable, List, Optional
 
 import torch
@@ -151,17 +150,11 @@ def eager_under_compile(function):
     Args:
         function (Callable): The function to keep eager.
     """
-    # Made at the first call, so that importing the package does not
-    # import torch's compiler stack.
-    disabled = []
-
-    @functools.wraps(function)
-    def call(*args, **kwargs):
-        if not disabled:
-            disabled.append(torch.compiler.disable(function, recursive=True))
-        return disabled[0](*args, **kwargs)
-
-    return call
+    # torch's own wrapper: dynamo never compiles its frame. (A wrapper of
+    # ours would be a frame that dynamo compiles, and in a backward it
+    # guards on the arguments: ``ctx.saved_tensors`` read there unpacks
+    # tensors a checkpoint packed, which torch refuses the second time.)
+    return torch.compiler.disable(function, recursive=True)
 
 
 def _call_with_arguments(function, kwargs, *args):
