@@ -15,6 +15,7 @@ from .hooks import (
     MRevNetNonFiniteHook,
     momentum_stages,
 )
+from .memory_budget import MemoryBudgetError, MRevNetMemoryBudgetHook
 from .plain_state import MRevNetPlainCheckpointHook
 from .runner import MRevNetRunner
 
@@ -32,4 +33,6 @@ __all__ = [
     'MRevNetCPUDistributedDataParallel',
     'init_cpu_process_group',
     'MRevNetBF16CPUAmpOptimWrapper',
+    'MRevNetMemoryBudgetHook',
+    'MemoryBudgetError',
 ]

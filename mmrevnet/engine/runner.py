@@ -18,6 +18,7 @@ from .checkpoint import (
 )
 from .distributed import cpu_model_wrapper_cfg, init_cpu_launcher_env
 from .hooks import MRevNetNonFiniteHook
+from .memory_budget import MRevNetMemoryBudgetHook
 from .plain_state import MRevNetPlainCheckpointHook
 
 
@@ -76,7 +77,10 @@ class MRevNetRunner(Runner):
     opens them with torch's allowlist unchanged. It also registers
     :class:`~.hooks.MRevNetNonFiniteHook` (unless the config does), so a
     NaN or Inf in a memory-saving stage stops training with the stage,
-    block and iteration named.
+    block and iteration named, and
+    :class:`~.memory_budget.MRevNetMemoryBudgetHook`, which turns a
+    backbone's ``memory_budget`` into a plan before the first iteration
+    (and does nothing without one).
     """
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -136,6 +140,8 @@ class MRevNetRunner(Runner):
             self.register_hook(MRevNetPlainCheckpointHook())
         if not any(isinstance(h, MRevNetNonFiniteHook) for h in self.hooks):
             self.register_hook(MRevNetNonFiniteHook())
+        if not any(isinstance(h, MRevNetMemoryBudgetHook) for h in self.hooks):
+            self.register_hook(MRevNetMemoryBudgetHook())
 
     def load_checkpoint(
         self,

@@ -6,7 +6,7 @@ Neural Networks (Sander et al., ICML 2021).
 """
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from mmengine.registry import MODELS
@@ -18,6 +18,7 @@ from mmrevnet.models.utils.arguments import (
     check_fixed,
     check_plan,
 )
+from mmrevnet.models.utils.memory_budget import parse_memory_budget
 from mmrevnet.models.utils.res_layer import MomentumResLayer, needs_grad
 from mmrevnet.models.utils.weight_loading import (
     map_resnet_keys_on_load,
@@ -149,6 +150,16 @@ class MRevNet(ResNet):
         store_stem (bool): With ``memory_saving=True`` or ``with_cp``, keep
             the stem's activations instead of checkpointing it.
             Defaults to False.
+        memory_budget (int | float | str, optional): Let the plan
+            (``stored_blocks``, ``store_stem``) be chosen at the start of
+            training: the fastest plan whose predicted whole training step
+            peak fits this budget (a size such as ``'10GiB'``, a fraction
+            of the device's memory such as ``0.8``, or ``'auto'``; see
+            :mod:`~mmrevnet.models.utils.memory_budget`).
+            :class:`~mmrevnet.engine.MRevNetMemoryBudgetHook` measures and
+            applies it (``MRevNetRunner`` registers it); the log gives the
+            plan, to be written into the config instead. Exclusive with
+            ``stored_blocks`` and ``store_stem``. Defaults to None.
     """
 
     #: Its load pre-hook renames mmpretrain's and torchvision's ResNet keys
@@ -190,6 +201,7 @@ class MRevNet(ResNet):
         drop_path_rate: float = 0.0,
         stored_blocks: Optional[Sequence[int]] = None,
         store_stem: bool = False,
+        memory_budget: Union[None, int, float, str] = None,
     ):
         check_arguments(
             arch_settings=self.arch_settings,
@@ -225,6 +237,19 @@ class MRevNet(ResNet):
         if not isinstance(store_stem, bool):
             raise TypeError(f'store_stem must be a bool, got {store_stem!r}')
         self.store_stem = store_stem
+        self.memory_budget = parse_memory_budget(memory_budget)
+        if self.memory_budget is not None and (
+            stored_blocks is not None or store_stem or not memory_saving
+        ):
+            raise ValueError(
+                'memory_budget chooses stored_blocks and store_stem for '
+                'memory_saving=True: give either memory_budget or a plan '
+                f'(got memory_budget={memory_budget!r}, stored_blocks='
+                f'{stored_blocks!r}, store_stem={store_stem!r}, '
+                f'memory_saving={memory_saving!r})'
+            )
+        # True until a plan for the budget is applied (set_plan).
+        self.plan_pending = self.memory_budget is not None
         # The stage settings, validated once here (every stage's config is
         # this one with its own length and name).
         self._stage_config = StageConfig(
@@ -296,6 +321,26 @@ class MRevNet(ResNet):
         """The momentum stage of each res layer, by layer name."""
         return {name: getattr(self, name).stage for name in self.res_layers}
 
+    def set_plan(self, stored_blocks: Sequence[int], store_stem: bool):
+        """Apply a memory plan to the built backbone.
+
+        The same as building it with these ``stored_blocks`` and
+        ``store_stem`` (the plan changes what is kept for the backward,
+        never what is computed).
+        """
+        stored_blocks = check_plan(
+            stored_blocks, self.stage_blocks, self.memory_saving
+        )
+        if not isinstance(store_stem, bool):
+            raise TypeError(f'store_stem must be a bool, got {store_stem!r}')
+        for name, stored in zip(self.res_layers, stored_blocks):
+            layer = getattr(self, name)
+            layer.stage.configure(stored_blocks=max(stored - 1, 0))
+            layer.keep_transition = stored > 0
+        self.stored_blocks = stored_blocks
+        self.store_stem = store_stem
+        self.plan_pending = False
+
     def make_res_layer(self, **kwargs) -> MomentumResLayer:
         """Build one stage as a :class:`MomentumResLayer`."""
         for unused in ('dcn', 'plugins', 'with_cp'):
@@ -343,6 +388,15 @@ class MRevNet(ResNet):
                 f'{type(self).__name__} expects input of shape (N, '
                 f'in_channels={self.in_channels}, H, W), got '
                 f'{tuple(x.shape)}'
+            )
+        if self.plan_pending and self.training and torch.is_grad_enabled():
+            raise RuntimeError(
+                f'memory_budget={self.memory_budget.text} is turned into a '
+                'plan at the start of training by MRevNetMemoryBudgetHook, '
+                "which MRevNetRunner registers (runner_type='MRevNetRunner'"
+                '); with another runner add custom_hooks=[dict(type='
+                "'MRevNetMemoryBudgetHook')], or set stored_blocks and "
+                'store_stem instead of memory_budget'
             )
         stem_modules = self._stem_modules()
         if (

@@ -6,7 +6,7 @@ mmseg's::
     model = dict(type='MRevNetEncoderDecoder')
 """
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from mmengine.registry import MODELS
 from mmseg.models.segmentors import EncoderDecoder
@@ -79,6 +79,32 @@ def enable_memory_saving_heads(
     return heads
 
 
+def _with_memory_budget(backbone, memory_budget):
+    from ..backbones import MRevNet
+
+    backbone = dict(backbone or {})
+    backbone_class = backbone.get('type', '')
+    if isinstance(backbone_class, str):
+        backbone_class = MODELS.get(backbone_class)
+    if not (
+        isinstance(backbone_class, type)
+        and issubclass(backbone_class, MRevNet)
+    ):
+        raise ValueError(
+            'MRevNetEncoderDecoder: memory_budget plans an m-RevNet '
+            f'backbone (MRevNet, MRevNetV1c, MRevNetV1d), got type='
+            f'{backbone.get("type")!r}'
+        )
+    if backbone.get('memory_budget') not in (None, memory_budget):
+        raise ValueError(
+            'MRevNetEncoderDecoder: memory_budget='
+            f'{memory_budget!r} and backbone.memory_budget='
+            f'{backbone["memory_budget"]!r} differ; set one of them'
+        )
+    backbone['memory_budget'] = memory_budget
+    return backbone
+
+
 @MODELS.register_module()
 class MRevNetEncoderDecoder(EncoderDecoder):
     """mmseg ``EncoderDecoder`` whose heads recompute their activations.
@@ -112,6 +138,11 @@ class MRevNetEncoderDecoder(EncoderDecoder):
             with other losses or a pixel sampler keep mmseg's); None
             computes them on
             the whole upsampled logits. Defaults to 16.
+        memory_budget (int | float | str, optional): The backbone's
+            ``memory_budget`` (the backbone must be an ``MRevNet``): the
+            plan is chosen for the whole segmentor's training step, heads
+            and loss included. Setting it here or on the backbone is the
+            same. Defaults to None.
         **kwargs: Arguments of mmseg's ``EncoderDecoder``.
     """
 
@@ -120,6 +151,7 @@ class MRevNetEncoderDecoder(EncoderDecoder):
         memory_saving_heads: Optional[str] = 'head',
         concat_free: bool = True,
         loss_bands: Optional[int] = 16,
+        memory_budget: Union[None, int, float, str] = None,
         **kwargs,
     ):
         if memory_saving_heads is not None and (
@@ -142,6 +174,10 @@ class MRevNetEncoderDecoder(EncoderDecoder):
             raise ValueError(
                 'MRevNetEncoderDecoder: loss_bands must be a positive int '
                 f'or None, got {loss_bands!r}'
+            )
+        if memory_budget is not None:
+            kwargs['backbone'] = _with_memory_budget(
+                kwargs.get('backbone'), memory_budget
             )
         super().__init__(**kwargs)
         self.memory_saving_heads = memory_saving_heads

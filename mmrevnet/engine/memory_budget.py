@@ -1,0 +1,659 @@
+"""Turn a backbone's ``memory_budget`` into a memory plan when training starts.
+
+A memory-saving m-RevNet recomputes, in the backward, every block it does
+not keep. Its plan (``stored_blocks``: per stage, how many blocks from
+its start keep their activations; ``store_stem``) trades memory for
+recomputation. :class:`MRevNetMemoryBudgetHook` chooses, before the first
+training iteration, on the training device and with the first batch, the
+plan of least recomputation whose predicted **whole** training step peak
+(parameters, gradients, optimizer state, backbone, heads, loss) fits the
+budget, logs it and applies it.
+
+What it measures (:func:`measure_plan_figures`), with the model's own
+training step (``model(**data, mode='loss')``, its losses summed, then
+the backward), inside the optimizer wrapper's context (autocast when the
+config trains in mixed precision):
+
+* the whole step peak of the plans that keep ``k = 0 .. n`` blocks of the
+  last stage and nothing else (``n + 1`` steps; 4 for the ResNet
+  layouts). On CUDA the allocator's peak (``max_memory_allocated``, all
+  the device memory torch holds, so parameters and gradients included);
+  on the CPU the allocator's events of the step replayed from the
+  profiler (:func:`cpu_step_peak`) plus the parameters and buffers;
+* forwards under saved-tensor hooks (one per stage and count ``k``, one
+  for the stem, one for the floor): the bytes that keeping the first
+  ``k`` blocks of a stage, or the stem, adds to what the step saves for
+  the backward;
+* the forward time of the stem and of blocks 0 and 1 of every stage (a
+  kept block saves about one forward of recomputation).
+
+Predicted peak of a plan: the measured peak of its last-stage count, plus
+the saved bytes of its other kept blocks and stem, plus the optimizer
+state the first ``optimizer.step()`` will allocate. The backward runs the
+heads and the last stage first, while everything kept by earlier stages is
+alive, and a kept block never adds more than what it saves to any moment
+of the step, so this is an upper bound; it is tight while the peak lies
+in the heads' or the last stage's backward. Every plan is enumerated (3840
+for depth 101), so the choice is exact for the figures and deterministic
+given them.
+
+Planning runs a few steps and forwards and changes nothing that training
+sees: BN running statistics, the random number generators and the
+gradients are restored afterwards, so the first iteration computes what
+it computes with the same plan written in the config (tested). Under
+distributed training every process measures and rank 0's choice is used
+by all.
+"""
+
+import dataclasses
+import gc
+import itertools
+import os
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+from torch import Tensor, nn
+
+__all__ = [
+    'MemoryPlan',
+    'PlanFigures',
+    'PlanChoice',
+    'MemoryBudgetError',
+    'choose_plan',
+    'cpu_step_peak',
+    'measure_plan_figures',
+    'plan_for_memory_budget',
+    'MRevNetMemoryBudgetHook',
+]
+
+_MIB = float(2**20)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """The backbone arguments a plan sets.
+
+    Args:
+        stored_blocks (tuple[int]): Blocks kept per stage, from its start.
+        store_stem (bool): Keep the stem's activations. Defaults to False.
+    """
+
+    stored_blocks: Tuple[int, ...]
+    store_stem: bool = False
+
+    def as_config(self) -> dict:
+        """The plan as backbone config keys (planning then skipped)."""
+        return dict(
+            stored_blocks=tuple(self.stored_blocks),
+            store_stem=self.store_stem,
+            memory_budget=None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanFigures:
+    """What planning measured at the first batch.
+
+    Attributes:
+        last_stage_peaks (tuple[int]): Whole step peaks (bytes) of the
+            plans keeping ``k = 0 .. n`` blocks of the last stage only.
+        kept_bytes (tuple[tuple[int]]): Per stage, for ``k = 0 .. n``,
+            the bytes saved for backward by its first ``k`` blocks.
+        stem_bytes (int): Bytes the stem saves for backward.
+        block_seconds (tuple[tuple[float, float]]): Per stage, one
+            forward of block 0 and of a momentum block.
+        stem_seconds (float): One forward of the stem.
+        optimizer_state_bytes (int): What the first optimizer step will
+            allocate (0 once its state exists).
+        shape (tuple[int]): The batch's input shape.
+    """
+
+    last_stage_peaks: Tuple[int, ...]
+    kept_bytes: Tuple[Tuple[int, ...], ...]
+    stem_bytes: int
+    block_seconds: Tuple[Tuple[float, float], ...]
+    stem_seconds: float
+    optimizer_state_bytes: int
+    shape: Tuple[int, ...]
+
+    def plans(self) -> List[MemoryPlan]:
+        counts = [range(len(table)) for table in self.kept_bytes]
+        return [
+            MemoryPlan(tuple(blocks), stem)
+            for blocks in itertools.product(*counts)
+            for stem in (False, True)
+        ]
+
+    def predict_peak(self, plan: MemoryPlan) -> int:
+        """Predicted whole step peak, optimizer state included (bytes)."""
+        *earlier, last = plan.stored_blocks
+        peak = self.last_stage_peaks[last] + self.optimizer_state_bytes
+        for table, kept in zip(self.kept_bytes, earlier):
+            peak += table[kept]
+        return peak + (self.stem_bytes if plan.store_stem else 0)
+
+    def recompute_seconds(self, plan: MemoryPlan) -> float:
+        """Forward time the plan's backward spends recomputing."""
+        seconds = 0.0 if plan.store_stem else self.stem_seconds
+        for table, (transition, momentum), kept in zip(
+            self.kept_bytes, self.block_seconds, plan.stored_blocks
+        ):
+            blocks = len(table) - 1
+            seconds += momentum * (blocks - max(kept, 1))
+            seconds += transition if kept == 0 else 0.0
+        return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanChoice:
+    """The plan chosen for a budget and what it is predicted to cost."""
+
+    plan: MemoryPlan
+    budget_bytes: int
+    predicted_peak_bytes: int
+    recompute_seconds: float
+    floor_recompute_seconds: float
+    measured_peak_bytes: Optional[int] = None
+
+
+class MemoryBudgetError(ValueError):
+    """No plan's predicted whole step peak fits the memory budget."""
+
+
+def choose_plan(figures: PlanFigures, budget_bytes: int) -> PlanChoice:
+    """The plan of least recomputation whose predicted peak fits.
+
+    Ties go to the smaller peak. Raises :class:`MemoryBudgetError` with
+    the smallest predicted peak and what can lower it if none fits.
+    """
+    best = least = None
+    for plan in figures.plans():
+        peak = figures.predict_peak(plan)
+        if least is None or peak < least[0]:
+            least = (peak, plan)
+        if peak > budget_bytes:
+            continue
+        key = (figures.recompute_seconds(plan), peak)
+        if best is None or key < best[0]:
+            best = (key, plan)
+    if best is None:
+        raise MemoryBudgetError(
+            f'memory_budget of {budget_bytes / _MIB:.1f} MiB: no plan fits '
+            f'at input shape {figures.shape}; the smallest predicted whole '
+            f'step peak is {least[0] / _MIB:.1f} MiB ({_describe(least[1])}'
+            ', optimizer state included). To fit, lower the peak: a '
+            'smaller crop (crop_size of the train pipeline), a smaller '
+            'batch (train_dataloader.batch_size), or mixed precision '
+            "(optim_wrapper=dict(type='AmpOptimWrapper', ...)); or raise "
+            'memory_budget'
+        )
+    (seconds, peak), plan = best
+    floor = MemoryPlan(tuple(0 for _ in figures.kept_bytes), False)
+    return PlanChoice(
+        plan=plan,
+        budget_bytes=int(budget_bytes),
+        predicted_peak_bytes=peak,
+        recompute_seconds=seconds,
+        floor_recompute_seconds=figures.recompute_seconds(floor),
+    )
+
+
+def _describe(plan: MemoryPlan) -> str:
+    return (
+        f'stored_blocks={tuple(plan.stored_blocks)}, '
+        f'store_stem={plan.store_stem}'
+    )
+
+
+def cpu_step_peak(run: Callable[[], None]) -> int:
+    """Peak bytes the CPU allocator holds during ``run()`` above its start.
+
+    Replays the allocations and frees that :func:`torch.profiler.profile`
+    records with ``profile_memory=True``, in order; a free of memory
+    allocated before ``run`` is ignored. Reads the profiler's event tree
+    through ``kineto_results.experimental_event_tree()`` and
+    ``torch._C._profiler._EventType`` (torch has no public per-event
+    allocator record; ``tests/test_engine/test_memory_budget.py`` fails if
+    they change).
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True
+        ) as prof:
+            run()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    events = []
+    stack = list(
+        reversed(prof.profiler.kineto_results.experimental_event_tree())
+    )
+    while stack:
+        event = stack.pop()
+        if event.typed[0] == _EventType.Allocation:
+            fields = event.typed[1]
+            if fields.device.type == 'cpu':
+                events.append(
+                    (
+                        event.start_time_ns,
+                        len(events),
+                        fields.ptr,
+                        fields.alloc_size,
+                    )
+                )
+        stack.extend(reversed(event.children))
+    events.sort()
+    live: Dict[int, int] = {}
+    current = peak = 0
+    for _, _, ptr, size in events:
+        if size > 0:
+            live[ptr] = size
+            current += size
+            peak = max(peak, current)
+        else:
+            current -= live.pop(ptr, 0)
+    return peak
+
+
+def _storage_bytes(tensors) -> int:
+    seen = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def step_peak(
+    model: nn.Module, run_step: Callable[[], None], device: torch.device
+) -> int:
+    """Whole step peak in bytes: what the device holds at the worst moment.
+
+    Gradients are set to None before and after, as ``zero_grad`` does.
+    """
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run_step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        resident = _storage_bytes(
+            itertools.chain(model.parameters(), model.buffers())
+        )
+        peak = resident + cpu_step_peak(run_step)
+    model.zero_grad(set_to_none=True)
+    return peak
+
+
+def optimizer_state_bytes(optimizer: Optional[torch.optim.Optimizer]) -> int:
+    """Bytes the first ``step()`` of ``optimizer`` will allocate.
+
+    0 once the state exists (resumed, or after a step). SGD keeps one
+    buffer per parameter with momentum, none without; Adam-like
+    optimizers two (three with amsgrad); others are counted as two.
+    """
+    if optimizer is None or any(optimizer.state.values()):
+        return 0
+    total = 0
+    for group in optimizer.param_groups:
+        name = type(optimizer).__name__
+        if name == 'SGD':
+            buffers = 1 if group.get('momentum', 0) else 0
+        elif name in ('Adam', 'AdamW', 'NAdam', 'RAdam', 'Adamax'):
+            buffers = 3 if group.get('amsgrad', False) else 2
+        else:
+            buffers = 2
+        params = [p for p in group['params'] if p.requires_grad]
+        total += buffers * sum(p.numel() * p.element_size() for p in params)
+    return total
+
+
+class _SavedBytes:
+    """Bytes of distinct storages saved for backward, while active."""
+
+    def __init__(self, exclude):
+        self.bytes = 0
+        self._seen = {p.untyped_storage().data_ptr() for p in exclude}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(
+            self._pack, lambda tensor: tensor
+        )
+
+    def _pack(self, tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return tensor
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+
+def _median_seconds(
+    module: Callable, x: Tensor, device: torch.device, repeats: int = 3
+) -> float:
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    times = []
+    with torch.no_grad():
+        module(x)
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            module(x)
+            sync()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_plan_figures(
+    model: nn.Module,
+    backbone: nn.Module,
+    forward_loss: Callable[[], Tensor],
+    device: torch.device,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+) -> PlanFigures:
+    """Measure what :func:`choose_plan` needs, on ``model``'s device.
+
+    Args:
+        model (nn.Module): The whole model trained.
+        backbone (MRevNet): Its memory-saving backbone (plans are applied
+            to it with ``set_plan``).
+        forward_loss (Callable[[], Tensor]): One training forward of
+            ``model`` on the batch; returns the summed loss.
+        device (torch.device): The training device.
+        optimizer (torch.optim.Optimizer, optional): For the state its
+            first step allocates.
+
+    The caller restores BN statistics and random number generators.
+    """
+    blocks = tuple(backbone.stage_blocks)
+    layers = [getattr(backbone, name) for name in backbone.res_layers]
+
+    def run_step():
+        loss = forward_loss()
+        loss.backward()
+
+    last_peaks = []
+    for kept in range(blocks[-1] + 1):
+        backbone.set_plan((0,) * (len(blocks) - 1) + (kept,), False)
+        last_peaks.append(step_peak(model, run_step, device))
+
+    def saved_bytes(stored_blocks, store_stem):
+        backbone.set_plan(stored_blocks, store_stem)
+        with _SavedBytes(model.parameters()) as counter:
+            loss = forward_loss()
+        del loss
+        return counter.bytes
+
+    # The floor's forward, counted, also yields the inputs of the blocks
+    # to time.
+    inputs: Dict[Tuple[int, int], Tensor] = {}
+    handles = []
+
+    def grab(key):
+        def hook(module, args):
+            inputs.setdefault(key, args[0].detach())
+
+        return hook
+
+    handles.append(backbone.register_forward_pre_hook(grab((0, -1))))
+    for index, layer in enumerate(layers):
+        for position in range(min(len(layer), 2)):
+            hook = grab((index, position))
+            handles.append(layer[position].register_forward_pre_hook(hook))
+    floor = (0,) * len(blocks)
+    try:
+        floor_bytes = saved_bytes(floor, False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # Kept bytes per stage and count, from counted forwards (keeping a
+    # whole stage also drops what its reversed part saves, so the
+    # increments are measured, not assumed equal).
+    kept_bytes, block_seconds = [], []
+    for index, layer in enumerate(layers):
+        table = [0]
+        for kept in range(1, blocks[index] + 1):
+            plan = floor[:index] + (kept,) + floor[index + 1 :]
+            table.append(saved_bytes(plan, False) - floor_bytes)
+        kept_bytes.append(tuple(table))
+        momentum = (
+            _median_seconds(layer[1], inputs[(index, 1)], device)
+            if len(layer) > 1
+            else 0.0
+        )
+        block_seconds.append(
+            (_median_seconds(layer[0], inputs[(index, 0)], device), momentum)
+        )
+    stem_bytes = saved_bytes(floor, True) - floor_bytes
+    stem_seconds = _median_seconds(
+        backbone._forward_stem, inputs[(0, -1)], device
+    )
+    return PlanFigures(
+        last_stage_peaks=tuple(last_peaks),
+        kept_bytes=tuple(kept_bytes),
+        stem_bytes=int(stem_bytes),
+        block_seconds=tuple(block_seconds),
+        stem_seconds=stem_seconds,
+        optimizer_state_bytes=optimizer_state_bytes(optimizer),
+        shape=tuple(inputs[(0, -1)].shape),
+    )
+
+
+def device_memory(device: torch.device) -> Tuple[int, int]:
+    """``(total, free)`` bytes of ``device`` (the host's RAM for the CPU)."""
+    if device.type == 'cuda':
+        free, total = torch.cuda.mem_get_info(device)
+        return int(total), int(free)
+    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    free = total
+    try:
+        with open('/proc/meminfo') as meminfo:
+            for line in meminfo:
+                if line.startswith('MemAvailable:'):
+                    free = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(total), int(free)
+
+
+class _TrainingStateRestored:
+    """Restore buffers (BN statistics), RNG states and gradients on exit."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
+
+    def __enter__(self):
+        self.buffers = [b.detach().clone() for b in self.model.buffers()]
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = (
+            torch.cuda.get_rng_state(self.device)
+            if self.device.type == 'cuda'
+            else None
+        )
+        return self
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for buffer, saved in zip(self.model.buffers(), self.buffers):
+                buffer.copy_(saved)
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+        self.model.zero_grad(set_to_none=True)
+
+
+def plan_for_memory_budget(
+    model: nn.Module,
+    backbone: nn.Module,
+    forward_loss: Callable[[], Tensor],
+    budget_bytes: int,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    verify: bool = True,
+) -> Tuple[PlanChoice, PlanFigures]:
+    """Measure, choose and apply the plan for ``budget_bytes``.
+
+    Args:
+        model (nn.Module): The whole model, in training mode.
+        backbone (MRevNet): Its backbone.
+        forward_loss (Callable[[], Tensor]): One training forward on the
+            batch planned for; returns the summed loss.
+        budget_bytes (int): The largest whole step peak allowed.
+        optimizer (torch.optim.Optimizer, optional): Its state is part of
+            the peak.
+        verify (bool): Run one more step with the chosen plan and record
+            its measured peak. Defaults to True.
+
+    Returns:
+        tuple[PlanChoice, PlanFigures]: The plan, now applied to
+        ``backbone``, and the figures it was chosen from.
+
+    Raises:
+        MemoryBudgetError: Nothing fits (the backbone keeps no plan).
+    """
+    device = next(model.parameters()).device
+    with _TrainingStateRestored(model, device):
+        figures = measure_plan_figures(
+            model, backbone, forward_loss, device, optimizer
+        )
+        try:
+            choice = choose_plan(figures, budget_bytes)
+        except MemoryBudgetError:
+            backbone.plan_pending = backbone.memory_budget is not None
+            raise
+        backbone.set_plan(choice.plan.stored_blocks, choice.plan.store_stem)
+        if verify:
+
+            def run_step():
+                forward_loss().backward()
+
+            measured = step_peak(model, run_step, device)
+            choice = dataclasses.replace(
+                choice,
+                measured_peak_bytes=measured + figures.optimizer_state_bytes,
+            )
+    return choice, figures
+
+
+def _memory_budget_backbone(model: nn.Module):
+    backbone = getattr(model, 'backbone', model)
+    if getattr(backbone, 'memory_budget', None) is None:
+        return None
+    return backbone
+
+
+@HOOKS.register_module()
+class MRevNetMemoryBudgetHook(Hook):
+    """Choose the backbone's memory plan for its ``memory_budget``.
+
+    Before the first training iteration of a run it plans with that
+    iteration's batch (see the module docstring), logs the budget, the
+    plan, its predicted and measured whole step peak, the predicted
+    recomputation time and the config lines that set the plan without
+    planning, then applies it. Models whose backbone has no
+    ``memory_budget`` are left alone. ``MRevNetRunner`` registers it.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self):
+        self._planned = False
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None):
+        if self._planned:
+            return
+        self._planned = True
+        model = runner.model
+        if is_model_wrapper(model):
+            model = model.module
+        backbone = _memory_budget_backbone(model)
+        if backbone is None:
+            return
+        from mmengine.dist import broadcast_object_list, get_world_size
+
+        device = next(model.parameters()).device
+        total, free = device_memory(device)
+        budget = backbone.memory_budget.resolve(total, free)
+        wrapper = runner.optim_wrapper
+        optimizer = getattr(wrapper, 'optimizer', None)
+        data = model.data_preprocessor(data_batch, True)
+
+        def forward_loss():
+            with wrapper.optim_context(model):
+                losses = model(**data, mode='loss')
+                loss, _ = model.parse_losses(losses)
+            return loss
+
+        start = time.perf_counter()
+        try:
+            choice, figures = plan_for_memory_budget(
+                model, backbone, forward_loss, budget, optimizer
+            )
+            outcome = [choice.plan]
+        except MemoryBudgetError as error:
+            choice, outcome = None, [str(error)]
+        seconds = time.perf_counter() - start
+        if get_world_size() > 1:
+            broadcast_object_list(outcome, src=0)
+        if isinstance(outcome[0], str):
+            raise MemoryBudgetError(outcome[0])
+        if outcome[0] != choice.plan:
+            backbone.set_plan(outcome[0].stored_blocks, outcome[0].store_stem)
+            print_log(
+                f'memory plan of rank 0 used: {_describe(outcome[0])}',
+                logger='current',
+            )
+        self._log(backbone, device, total, free, choice, figures, seconds)
+
+    @staticmethod
+    def _log(backbone, device, total, free, choice, figures, seconds):
+        def mib(value):
+            return f'{value / _MIB:.1f} MiB'
+
+        measured = (
+            'not measured'
+            if choice.measured_peak_bytes is None
+            else mib(choice.measured_peak_bytes)
+        )
+        lines = [
+            f'memory_budget={backbone.memory_budget.text}: '
+            f'{mib(choice.budget_bytes)} on {device} (total {mib(total)}, '
+            f'free {mib(free)}); planned at input shape {figures.shape} in '
+            f'{seconds:.1f} s ({len(figures.last_stage_peaks) + 1} training '
+            f'steps and {2 + sum(len(t) - 1 for t in figures.kept_bytes)} '
+            'forwards)',
+            f'memory plan: {_describe(choice.plan)}; whole step peak '
+            f'predicted {mib(choice.predicted_peak_bytes)}, measured '
+            f'{measured} (parameters, gradients and optimizer state '
+            f'included; optimizer state {mib(figures.optimizer_state_bytes)}'
+            ')',
+            f'recomputation per step: predicted {choice.recompute_seconds:.3f}'
+            f' s (everything recomputed: {choice.floor_recompute_seconds:.3f}'
+            ' s)',
+            'to skip planning, set in the backbone config: '
+            + ', '.join(
+                f'{k}={v!r}' for k, v in choice.plan.as_config().items()
+            ),
+        ]
+        for line in lines:
+            print_log(line, logger='current')

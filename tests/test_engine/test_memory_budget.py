@@ -1,0 +1,314 @@
+"""``memory_budget``: parsing, planning on the whole segmentor, the hook."""
+
+import copy
+import logging
+
+import pytest
+import torch
+from mmengine.hub import get_config
+from mmengine.registry import RUNNERS, init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+from mmrevnet.engine.memory_budget import (
+    MemoryBudgetError,
+    MemoryPlan,
+    cpu_step_peak,
+    optimizer_state_bytes,
+    plan_for_memory_budget,
+)
+from mmrevnet.models import MRevNetV1c
+from mmrevnet.models.utils.memory_budget import parse_memory_budget
+from tools.cli.config import build_train_config, sync_bn_to_bn
+from tools.dataset_converters.generators.synthetic import generate_cityscapes
+
+MIB = 2**20
+# The planner's prediction is an upper bound; on the whole segmentor it
+# must stay within 3% of the measured peak (the issue's target).
+MAX_PREDICTION_ERROR = 0.03
+
+
+@pytest.mark.parametrize(
+    'value, total, free, expected',
+    [
+        ('10GiB', 0, 0, 10 * 2**30),
+        ('7.5G', 0, 0, int(7.5 * 2**30)),
+        ('512MiB', 0, 0, 512 * MIB),
+        ('24GB', 0, 0, 24 * 10**9),
+        (' 3 kib ', 0, 0, 3 * 1024),
+        (123456, 0, 0, 123456),
+        (0.8, 1000, 500, 800),
+        (1.0, 1000, 500, 1000),
+        ('auto', 1000, 500, 450),
+        ('AUTO', 1000, 1000, 900),
+    ],
+)
+def test_budget_sizes_fractions_and_auto(value, total, free, expected):
+    assert parse_memory_budget(value).resolve(total, free) == expected
+
+
+@pytest.mark.parametrize(
+    'value', [0, -5, 0.0, 1.5, True, '10 apples', 'GiB', '', '-1GiB', [1]]
+)
+def test_bad_budget_names_the_field_and_the_forms(value):
+    with pytest.raises(ValueError, match=r"memory_budget must be .*'auto'"):
+        parse_memory_budget(value)
+
+
+def test_budget_excludes_a_plan_by_hand():
+    with pytest.raises(ValueError, match='either memory_budget or a plan'):
+        MRevNetV1c(depth=18, memory_budget='1GiB', stored_blocks=(1, 0, 0, 0))
+    with pytest.raises(ValueError, match='either memory_budget or a plan'):
+        MRevNetV1c(depth=18, memory_budget='1GiB', memory_saving=False)
+
+
+def test_unplanned_budget_refuses_to_train_but_evaluates():
+    backbone = MRevNetV1c(
+        depth=18, stem_channels=8, base_channels=8, memory_budget=0.5
+    )
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(RuntimeError, match='MRevNetMemoryBudgetHook'):
+        backbone.train()(x)
+    backbone.eval()(x)
+    backbone.set_plan((0, 0, 0, 0), False)
+    backbone.train()(x)
+
+
+def test_cpu_step_peak_replays_the_allocator():
+    def run():
+        a = torch.empty(MIB, dtype=torch.uint8)
+        b = torch.empty(2 * MIB, dtype=torch.uint8)
+        del a, b
+        torch.empty(MIB, dtype=torch.uint8)
+
+    assert cpu_step_peak(run) == 3 * MIB
+
+
+def test_optimizer_state_bytes():
+    params = [torch.nn.Parameter(torch.zeros(10))]  # 40 bytes
+    assert optimizer_state_bytes(torch.optim.SGD(params, lr=1)) == 0
+    sgd = torch.optim.SGD(params, lr=1, momentum=0.9)
+    assert optimizer_state_bytes(sgd) == 40
+    assert optimizer_state_bytes(torch.optim.AdamW(params)) == 80
+    params[0].grad = torch.ones(10)
+    sgd.step()
+    assert optimizer_state_bytes(sgd) == 0  # allocated already
+
+
+NUM_CLASSES = 5
+SHAPE = (2, 3, 64, 96)
+
+
+def _segmentor(**backbone):
+    init_default_scope('mmseg')
+    cfg = get_config('mmseg::_base_/models/pspnet_r50-d8.py').model
+    cfg = copy.deepcopy(cfg.to_dict())
+    cfg.pop('data_preprocessor')
+    cfg.update(type='MRevNetEncoderDecoder', pretrained=None)
+    cfg['backbone'] = dict(
+        type='MRevNetV1c',
+        depth=18,
+        stem_channels=16,
+        base_channels=16,
+        dilations=(1, 1, 2, 4),
+        strides=(1, 2, 1, 1),
+        contract_dilation=True,
+        **backbone,
+    )
+    sync_bn_to_bn(cfg)
+    cfg['decode_head'].update(
+        in_channels=128,
+        channels=16,
+        num_classes=NUM_CLASSES,
+        dropout_ratio=0.1,
+    )
+    cfg['auxiliary_head'].update(
+        in_channels=64, channels=8, num_classes=NUM_CLASSES
+    )
+    torch.manual_seed(0)
+    return MODELS.build(cfg).train()
+
+
+def _batch(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(*SHAPE, generator=generator)
+    samples = []
+    for _ in range(SHAPE[0]):
+        sample = SegDataSample(
+            metainfo=dict(img_shape=SHAPE[2:], ori_shape=SHAPE[2:])
+        )
+        labels = torch.randint(
+            0, NUM_CLASSES, (1, *SHAPE[2:]), generator=generator
+        )
+        sample.gt_sem_seg = PixelData(data=labels)
+        samples.append(sample)
+    return inputs, samples
+
+
+def _forward_loss(model, batch):
+    def forward_loss():
+        loss, _ = model.parse_losses(model.loss(*batch))
+        return loss
+
+    return forward_loss
+
+
+@pytest.fixture(scope='module')
+def planned():
+    """A budget-planned segmentor and the figures of its first batch."""
+    torch.set_num_threads(1)
+    model = _segmentor(memory_budget='1TiB')
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    batch = _batch()
+    choice, figures = plan_for_memory_budget(
+        model, model.backbone, _forward_loss(model, batch), 2**40, optimizer
+    )
+    return model, optimizer, batch, choice, figures
+
+
+def test_a_budget_that_holds_everything_keeps_everything(planned):
+    model, _, _, choice, figures = planned
+    assert choice.plan == MemoryPlan((2, 2, 2, 2), True)
+    assert choice.recompute_seconds == 0.0 < choice.floor_recompute_seconds
+    assert not model.backbone.plan_pending
+    assert model.backbone.stored_blocks == (2, 2, 2, 2)
+    assert figures.shape == SHAPE
+
+
+def test_planned_peaks_fit_and_are_predicted_within_3_percent(planned):
+    model, optimizer, batch, _, figures = planned
+    floor = figures.predict_peak(MemoryPlan((0, 0, 0, 0), False))
+    most = figures.predict_peak(MemoryPlan((2, 2, 2, 2), True))
+    assert floor < most
+    chosen = set()
+    for budget in (floor, (floor + most) // 2, most):
+        choice, _ = plan_for_memory_budget(
+            model,
+            model.backbone,
+            _forward_loss(model, batch),
+            budget,
+            optimizer,
+        )
+        chosen.add(choice.plan)
+        measured = choice.measured_peak_bytes
+        assert choice.predicted_peak_bytes <= budget
+        assert measured <= budget
+        error = abs(choice.predicted_peak_bytes - measured) / measured
+        assert error <= MAX_PREDICTION_ERROR, (choice, error)
+    assert len(chosen) == 3  # the three budgets choose three plans
+
+
+def test_no_fitting_plan_raises_with_the_smallest_peak_and_remedies(planned):
+    model, optimizer, batch, _, figures = planned
+    floor = figures.predict_peak(MemoryPlan((0, 0, 0, 0), False))
+    with pytest.raises(MemoryBudgetError) as error:
+        plan_for_memory_budget(
+            model,
+            model.backbone,
+            _forward_loss(model, batch),
+            int(floor * 0.99),
+            optimizer,
+        )
+    message = str(error.value)
+    assert f'{floor / MIB:.1f} MiB' in message
+    for remedy in ('crop_size', 'batch_size', 'AmpOptimWrapper'):
+        assert remedy in message
+    assert model.backbone.plan_pending  # nothing half-applied is used
+
+
+def test_planning_then_training_equals_the_plan_set_by_hand(planned):
+    """Planning restores BN statistics, RNG and gradients: the first step
+    after it is bit-equal to a model built with the chosen plan."""
+    figures = planned[-1]
+    floor = figures.predict_peak(MemoryPlan((0, 0, 0, 0), False))
+    most = figures.predict_peak(MemoryPlan((2, 2, 2, 2), True))
+    planned_model = _segmentor(memory_budget='1GiB')
+    batch = _batch(1)
+    forward_loss = _forward_loss(planned_model, batch)
+    optimizer = torch.optim.SGD(
+        planned_model.parameters(), lr=0.1, momentum=0.9
+    )
+    rng = torch.get_rng_state()
+    choice, _ = plan_for_memory_budget(
+        planned_model,
+        planned_model.backbone,
+        forward_loss,
+        (floor + most) // 2,
+        optimizer,
+    )
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in planned_model.parameters())
+    assert 0 < sum(choice.plan.stored_blocks) < 8  # a plan in between
+    by_hand = _segmentor(**dict(choice.plan.as_config()))
+    results = []
+    for model in (planned_model, by_hand):
+        torch.manual_seed(7)  # dropout in the decode head
+        _forward_loss(model, batch)().backward()
+        results.append(model)
+    grads = [{n: p.grad for n, p in m.named_parameters()} for m in results]
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        assert torch.equal(grad, grads[1][name]), name
+    buffers = [dict(m.named_buffers()) for m in results]
+    for name, buffer in buffers[0].items():
+        assert torch.equal(buffer, buffers[1][name]), name
+
+
+def test_segmentor_budget_goes_to_an_mrevnet_backbone():
+    model = _segmentor()
+    assert model.backbone.memory_budget is None
+    init_default_scope('mmseg')
+    cfg = dict(
+        type='MRevNetEncoderDecoder',
+        memory_budget='8GiB',
+        backbone=dict(type='ResNetV1c', depth=18),
+        decode_head=dict(
+            type='FCNHead', in_channels=512, channels=8, num_classes=2
+        ),
+    )
+    with pytest.raises(ValueError, match="got type='ResNetV1c'"):
+        MODELS.build(cfg)
+    cfg['backbone'] = dict(type='MRevNetV1c', depth=18, memory_budget=0.5)
+    with pytest.raises(ValueError, match='differ; set one of them'):
+        MODELS.build(cfg)
+
+
+DEMO = (
+    'configs/demo/pspnet_mrevnet34-d8_1xb8-300iter_synthetic-cityscapes-'
+    '128x256.py'
+)
+
+
+@pytest.mark.slow
+def test_runner_plans_logs_and_trains(tmp_path, caplog):
+    """The one config line, through mmseg's Runner: plan, log, train."""
+    root = tmp_path / 'data'
+    generate_cityscapes(str(root), num_train=2, num_val=1, size=(64, 128))
+    cfg = build_train_config(
+        DEMO,
+        work_dir=str(tmp_path / 'work'),
+        cfg_options={
+            'model.backbone.memory_budget': '64GiB',
+            'train_dataloader.dataset.data_root': str(root),
+            'train_dataloader.batch_size': 2,
+            'train_dataloader.num_workers': 0,
+            'train_dataloader.persistent_workers': False,
+            'val_dataloader.dataset.data_root': str(root),
+            'test_dataloader.dataset.data_root': str(root),
+            'train_cfg.max_iters': 2,
+            'train_cfg.val_interval': 100,
+            'default_hooks.checkpoint.interval': 100,
+            'log_level': 'INFO',
+        },
+    )
+    runner = RUNNERS.build(cfg)
+    with caplog.at_level(logging.INFO, logger=runner.logger.name):
+        runner.train()
+    log = ''.join(p.read_text() for p in (tmp_path / 'work').rglob('*.log'))
+    backbone = runner.model.backbone
+    assert not backbone.plan_pending
+    assert 'memory_budget=' in log and 'memory plan: stored_blocks=' in log
+    assert 'whole step peak predicted' in log and 'measured' in log
+    assert f'stored_blocks={backbone.stored_blocks!r}' in log
+    assert runner.iter == 2
