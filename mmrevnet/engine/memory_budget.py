@@ -45,13 +45,16 @@ distributed training every process measures and rank 0's choice is used
 by all.
 """
 
+import contextlib
 import dataclasses
 import gc
 import itertools
+import logging
+import math
 import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.hooks import Hook
@@ -88,11 +91,10 @@ class MemoryPlan:
     store_stem: bool = False
 
     def as_config(self) -> dict:
-        """The plan as backbone config keys (planning then skipped)."""
+        """The plan as backbone config keys (set instead of a budget)."""
         return dict(
             stored_blocks=tuple(self.stored_blocks),
             store_stem=self.store_stem,
-            memory_budget=None,
         )
 
 
@@ -275,11 +277,16 @@ def _storage_bytes(tensors) -> int:
 
 
 def step_peak(
-    model: nn.Module, run_step: Callable[[], None], device: torch.device
+    model: nn.Module,
+    run_step: Callable[[], None],
+    device: torch.device,
+    resident: Sequence[Tensor] = (),
 ) -> int:
     """Whole step peak in bytes: what the device holds at the worst moment.
 
-    Gradients are set to None before and after, as ``zero_grad`` does.
+    Gradients are set to None before and after, as ``zero_grad`` does. On
+    the CPU, what is held before the step is counted as the parameters,
+    the buffers and ``resident`` (an optimizer's state).
     """
     model.zero_grad(set_to_none=True)
     gc.collect()
@@ -290,10 +297,10 @@ def step_peak(
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        resident = _storage_bytes(
-            itertools.chain(model.parameters(), model.buffers())
+        held = _storage_bytes(
+            itertools.chain(model.parameters(), model.buffers(), resident)
         )
-        peak = resident + cpu_step_peak(run_step)
+        peak = held + cpu_step_peak(run_step)
     model.zero_grad(set_to_none=True)
     return peak
 
@@ -346,6 +353,42 @@ class _SavedBytes:
         self._hooks.__exit__(*exc)
 
 
+def _optimizer_state(optimizer) -> List[Tensor]:
+    """The tensors an optimizer already holds (after a resume)."""
+    if optimizer is None:
+        return []
+    return [
+        value
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, Tensor)
+    ]
+
+
+def _out_of_memory_as_inf(measure: Callable[[], int]) -> float:
+    try:
+        return measure()
+    except torch.cuda.OutOfMemoryError:
+        gc.collect()
+        torch.cuda.empty_cache()
+        return math.inf
+
+
+def _trainable_from(backbone: nn.Module, layers) -> int:
+    """Index of the first stage recomputed in the backward (-1: the stem).
+
+    Stages before it, and the stem, have no trainable parameter and get
+    no input that needs a gradient, so nothing of them is recomputed.
+    """
+    stem = backbone._stem_modules()
+    if any(p.requires_grad for m in stem for p in m.parameters()):
+        return -1
+    for index, layer in enumerate(layers):
+        if any(p.requires_grad for p in layer.parameters()):
+            return index
+    return len(layers)
+
+
 def _median_seconds(
     module: Callable, x: Tensor, device: torch.device, repeats: int = 3
 ) -> float:
@@ -371,6 +414,7 @@ def measure_plan_figures(
     forward_loss: Callable[[], Tensor],
     device: torch.device,
     optimizer: Optional[torch.optim.Optimizer] = None,
+    context: Callable = contextlib.nullcontext,
 ) -> PlanFigures:
     """Measure what :func:`choose_plan` needs, on ``model``'s device.
 
@@ -382,9 +426,14 @@ def measure_plan_figures(
             ``model`` on the batch; returns the summed loss.
         device (torch.device): The training device.
         optimizer (torch.optim.Optimizer, optional): For the state its
-            first step allocates.
+            first step allocates, or holds already.
+        context (Callable): Returns the context the training forward runs
+            in (autocast under mixed precision); the block timings run in
+            it too. Defaults to no context.
 
-    The caller restores BN statistics and random number generators.
+    A step that runs out of device memory counts as an infinite peak (the
+    plans with more kept blocks in the last stage are then not run). The
+    caller restores BN statistics and random number generators.
     """
     blocks = tuple(backbone.stage_blocks)
     layers = [getattr(backbone, name) for name in backbone.res_layers]
@@ -393,10 +442,22 @@ def measure_plan_figures(
         loss = forward_loss()
         loss.backward()
 
+    state = _optimizer_state(optimizer)
+    if device.type == 'cuda':
+        # cuDNN's autotuning (mmseg sets cudnn_benchmark) allocates its
+        # workspaces in the first steps at a shape.
+        backbone.set_plan((0,) * len(blocks), False)
+        _out_of_memory_as_inf(lambda: step_peak(model, run_step, device))
     last_peaks = []
     for kept in range(blocks[-1] + 1):
         backbone.set_plan((0,) * (len(blocks) - 1) + (kept,), False)
-        last_peaks.append(step_peak(model, run_step, device))
+        peak = _out_of_memory_as_inf(
+            lambda: step_peak(model, run_step, device, state)
+        )
+        last_peaks.append(peak)
+        if peak == math.inf:
+            last_peaks += [math.inf] * (blocks[-1] - kept)
+            break
 
     def saved_bytes(stored_blocks, store_stem):
         backbone.set_plan(stored_blocks, store_stem)
@@ -431,24 +492,32 @@ def measure_plan_figures(
     # whole stage also drops what its reversed part saves, so the
     # increments are measured, not assumed equal).
     kept_bytes, block_seconds = [], []
+    # Frozen leading stages (and a frozen stem) are not recomputed: their
+    # inputs and parameters need no gradient.
+    trainable = _trainable_from(backbone, layers)
     for index, layer in enumerate(layers):
         table = [0]
         for kept in range(1, blocks[index] + 1):
             plan = floor[:index] + (kept,) + floor[index + 1 :]
             table.append(saved_bytes(plan, False) - floor_bytes)
         kept_bytes.append(tuple(table))
-        momentum = (
-            _median_seconds(layer[1], inputs[(index, 1)], device)
-            if len(layer) > 1
-            else 0.0
-        )
-        block_seconds.append(
-            (_median_seconds(layer[0], inputs[(index, 0)], device), momentum)
-        )
+        seconds = (0.0, 0.0)
+        if index >= trainable:
+            with context():
+                seconds = (
+                    _median_seconds(layer[0], inputs[(index, 0)], device),
+                    _median_seconds(layer[1], inputs[(index, 1)], device)
+                    if len(layer) > 1
+                    else 0.0,
+                )
+        block_seconds.append(seconds)
     stem_bytes = saved_bytes(floor, True) - floor_bytes
-    stem_seconds = _median_seconds(
-        backbone._forward_stem, inputs[(0, -1)], device
-    )
+    stem_seconds = 0.0
+    if trainable < 0:
+        with context():
+            stem_seconds = _median_seconds(
+                backbone._forward_stem, inputs[(0, -1)], device
+            )
     return PlanFigures(
         last_stage_peaks=tuple(last_peaks),
         kept_bytes=tuple(kept_bytes),
@@ -460,11 +529,19 @@ def measure_plan_figures(
     )
 
 
-def device_memory(device: torch.device) -> Tuple[int, int]:
-    """``(total, free)`` bytes of ``device`` (the host's RAM for the CPU)."""
+def device_memory(
+    device: torch.device, held_bytes: int = 0
+) -> Tuple[int, int]:
+    """``(total, available)`` bytes of ``device`` for this process.
+
+    Available: what the device has free plus what this process holds
+    already and counts in its step peaks (on CUDA the caching
+    allocator's reserved memory; on the CPU ``held_bytes``). The host's
+    RAM (``MemAvailable``) stands for the CPU's.
+    """
     if device.type == 'cuda':
         free, total = torch.cuda.mem_get_info(device)
-        return int(total), int(free)
+        return int(total), int(free + torch.cuda.memory_reserved(device))
     total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     free = total
     try:
@@ -474,18 +551,27 @@ def device_memory(device: torch.device) -> Tuple[int, int]:
                     free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return int(total), int(free)
+    return int(total), int(free + held_bytes)
 
 
 class _TrainingStateRestored:
-    """Restore buffers (BN statistics), RNG states and gradients on exit."""
+    """Restore buffers (BN statistics), random number generators (torch's,
+    CUDA's, Python's and NumPy's) and gradients on exit."""
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
 
     def __enter__(self):
+        import random
+
+        import numpy as np
+
         self.buffers = [b.detach().clone() for b in self.model.buffers()]
-        self.cpu_rng = torch.get_rng_state()
+        self.rng = (
+            torch.get_rng_state(),
+            random.getstate(),
+            np.random.get_state(),
+        )
         self.cuda_rng = (
             torch.cuda.get_rng_state(self.device)
             if self.device.type == 'cuda'
@@ -494,10 +580,16 @@ class _TrainingStateRestored:
         return self
 
     def __exit__(self, *exc):
+        import random
+
+        import numpy as np
+
         with torch.no_grad():
             for buffer, saved in zip(self.model.buffers(), self.buffers):
                 buffer.copy_(saved)
-        torch.set_rng_state(self.cpu_rng)
+        torch.set_rng_state(self.rng[0])
+        random.setstate(self.rng[1])
+        np.random.set_state(self.rng[2])
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, self.device)
         self.model.zero_grad(set_to_none=True)
@@ -510,6 +602,7 @@ def plan_for_memory_budget(
     budget_bytes: int,
     optimizer: Optional[torch.optim.Optimizer] = None,
     verify: bool = True,
+    context: Callable = contextlib.nullcontext,
 ) -> Tuple[PlanChoice, PlanFigures]:
     """Measure, choose and apply the plan for ``budget_bytes``.
 
@@ -523,35 +616,48 @@ def plan_for_memory_budget(
             the peak.
         verify (bool): Run one more step with the chosen plan and record
             its measured peak. Defaults to True.
+        context (Callable): The training forward's context (autocast),
+            for the block timings. Defaults to no context.
 
     Returns:
         tuple[PlanChoice, PlanFigures]: The plan, now applied to
         ``backbone``, and the figures it was chosen from.
 
     Raises:
-        MemoryBudgetError: Nothing fits (the backbone keeps no plan).
+        MemoryBudgetError: Nothing fits. On this or any other error the
+            backbone keeps the plan it had.
     """
     device = next(model.parameters()).device
-    with _TrainingStateRestored(model, device):
-        figures = measure_plan_figures(
-            model, backbone, forward_loss, device, optimizer
-        )
-        try:
-            choice = choose_plan(figures, budget_bytes)
-        except MemoryBudgetError:
-            backbone.plan_pending = backbone.memory_budget is not None
-            raise
-        backbone.set_plan(choice.plan.stored_blocks, choice.plan.store_stem)
-        if verify:
-
-            def run_step():
-                forward_loss().backward()
-
-            measured = step_peak(model, run_step, device)
-            choice = dataclasses.replace(
-                choice,
-                measured_peak_bytes=measured + figures.optimizer_state_bytes,
+    before = (backbone.stored_blocks, backbone.store_stem)
+    pending = backbone.plan_pending
+    try:
+        with _TrainingStateRestored(model, device):
+            figures = measure_plan_figures(
+                model, backbone, forward_loss, device, optimizer, context
             )
+            choice = choose_plan(figures, budget_bytes)
+            backbone.set_plan(
+                choice.plan.stored_blocks, choice.plan.store_stem
+            )
+            if verify:
+
+                def run_step():
+                    forward_loss().backward()
+
+                measured = _out_of_memory_as_inf(
+                    lambda: step_peak(
+                        model, run_step, device, _optimizer_state(optimizer)
+                    )
+                )
+                choice = dataclasses.replace(
+                    choice,
+                    measured_peak_bytes=measured
+                    + figures.optimizer_state_bytes,
+                )
+    except BaseException:
+        backbone.set_plan(*before)
+        backbone.plan_pending = pending
+        raise
     return choice, figures
 
 
@@ -569,91 +675,167 @@ class MRevNetMemoryBudgetHook(Hook):
     Before the first training iteration of a run it plans with that
     iteration's batch (see the module docstring), logs the budget, the
     plan, its predicted and measured whole step peak, the predicted
-    recomputation time and the config lines that set the plan without
-    planning, then applies it. Models whose backbone has no
-    ``memory_budget`` are left alone. ``MRevNetRunner`` registers it.
+    recomputation time and how to set the plan without planning, then
+    applies it. The plan is saved in the checkpoints' ``meta``
+    (``memory_plan``); a resumed run applies it again instead of
+    planning anew, so that it computes what the interrupted run would
+    have. Models whose backbone has no ``memory_budget`` are left alone.
+    ``MRevNetRunner`` registers it.
     """
 
     priority = 'VERY_HIGH'
 
     def __init__(self):
         self._planned = False
+        self._saved_plan = None
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = checkpoint.get('meta') or {}
+        self._saved_plan = meta.get('memory_plan')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        backbone = _memory_budget_backbone(_unwrap(runner.model))
+        if backbone is not None and not backbone.plan_pending:
+            checkpoint.setdefault('meta', {})['memory_plan'] = dict(
+                stored_blocks=list(backbone.stored_blocks),
+                store_stem=backbone.store_stem,
+            )
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None):
         if self._planned:
             return
         self._planned = True
-        model = runner.model
-        if is_model_wrapper(model):
-            model = model.module
+        model = _unwrap(runner.model)
         backbone = _memory_budget_backbone(model)
         if backbone is None:
             return
-        from mmengine.dist import broadcast_object_list, get_world_size
-
-        device = next(model.parameters()).device
-        total, free = device_memory(device)
-        budget = backbone.memory_budget.resolve(total, free)
-        wrapper = runner.optim_wrapper
-        optimizer = getattr(wrapper, 'optimizer', None)
-        data = model.data_preprocessor(data_batch, True)
-
-        def forward_loss():
-            with wrapper.optim_context(model):
-                losses = model(**data, mode='loss')
-                loss, _ = model.parse_losses(losses)
-            return loss
-
-        start = time.perf_counter()
-        try:
-            choice, figures = plan_for_memory_budget(
-                model, backbone, forward_loss, budget, optimizer
+        if runner.iter > 0 and isinstance(self._saved_plan, dict):
+            plan = self._saved_plan
+            backbone.set_plan(
+                plan.get('stored_blocks'), plan.get('store_stem')
             )
-            outcome = [choice.plan]
-        except MemoryBudgetError as error:
-            choice, outcome = None, [str(error)]
-        seconds = time.perf_counter() - start
-        if get_world_size() > 1:
-            broadcast_object_list(outcome, src=0)
-        if isinstance(outcome[0], str):
-            raise MemoryBudgetError(outcome[0])
-        if outcome[0] != choice.plan:
-            backbone.set_plan(outcome[0].stored_blocks, outcome[0].store_stem)
             print_log(
-                f'memory plan of rank 0 used: {_describe(outcome[0])}',
+                f'memory plan of the resumed checkpoint: '
+                f'{_describe(_plan_of(backbone))}',
                 logger='current',
             )
-        self._log(backbone, device, total, free, choice, figures, seconds)
+            return
+        self._plan(runner, model, backbone, data_batch)
+
+    def _plan(self, runner, model, backbone, data_batch) -> None:
+        from mmengine.dist import all_gather_object, get_rank
+
+        device = next(model.parameters()).device
+        wrapper = runner.optim_wrapper
+        optimizer = getattr(wrapper, 'optimizer', None)
+        held = _storage_bytes(
+            itertools.chain(
+                model.parameters(),
+                model.buffers(),
+                _optimizer_state(optimizer),
+            )
+        )
+        total, available = device_memory(device, held)
+        budget = backbone.memory_budget.resolve(total, available)
+
+        def context():
+            return wrapper.optim_context(model)
+
+        start = time.perf_counter()
+        # The data preprocessor may draw random numbers (batch
+        # augmentations): the real step draws them again.
+        with _TrainingStateRestored(model, device):
+            data = model.data_preprocessor(data_batch, True)
+
+            def forward_loss():
+                with context():
+                    losses = model(**data, mode='loss')
+                    loss, _ = model.parse_losses(losses)
+                return loss
+
+            try:
+                choice, figures = plan_for_memory_budget(
+                    model,
+                    backbone,
+                    forward_loss,
+                    budget,
+                    optimizer,
+                    context=context,
+                )
+                outcome = choice.plan
+            except MemoryBudgetError as error:
+                choice, figures, outcome = None, None, str(error)
+        seconds = time.perf_counter() - start
+        # Every process measured; all use rank 0's plan, and all stop if
+        # any could not fit one.
+        outcomes = all_gather_object(outcome)
+        for rank, result in enumerate(outcomes):
+            if isinstance(result, str):
+                where = '' if rank == get_rank() else f' (on rank {rank})'
+                raise MemoryBudgetError(result + where)
+        plan = outcomes[0]
+        if plan != choice.plan:
+            backbone.set_plan(plan.stored_blocks, plan.store_stem)
+            choice = dataclasses.replace(
+                choice,
+                plan=plan,
+                predicted_peak_bytes=figures.predict_peak(plan),
+                recompute_seconds=figures.recompute_seconds(plan),
+                measured_peak_bytes=None,
+            )
+            print_log(
+                f'memory plan of rank 0 applied: {_describe(plan)}',
+                logger='current',
+            )
+        self._log(backbone, device, total, available, choice, figures, seconds)
 
     @staticmethod
-    def _log(backbone, device, total, free, choice, figures, seconds):
+    def _log(backbone, device, total, available, choice, figures, seconds):
         def mib(value):
             return f'{value / _MIB:.1f} MiB'
 
-        measured = (
-            'not measured'
-            if choice.measured_peak_bytes is None
-            else mib(choice.measured_peak_bytes)
-        )
+        measured = 'not measured'
+        if choice.measured_peak_bytes is not None:
+            measured = mib(choice.measured_peak_bytes)
+        forwards = 2 + sum(len(t) - 1 for t in figures.kept_bytes)
         lines = [
             f'memory_budget={backbone.memory_budget.text}: '
             f'{mib(choice.budget_bytes)} on {device} (total {mib(total)}, '
-            f'free {mib(free)}); planned at input shape {figures.shape} in '
-            f'{seconds:.1f} s ({len(figures.last_stage_peaks) + 1} training '
-            f'steps and {2 + sum(len(t) - 1 for t in figures.kept_bytes)} '
-            'forwards)',
+            f'available {mib(available)}); planned at input shape '
+            f'{figures.shape} in {seconds:.1f} s '
+            f'({len(figures.last_stage_peaks) + 1} training steps, '
+            f'{forwards} counted forwards, timed block forwards)',
             f'memory plan: {_describe(choice.plan)}; whole step peak '
             f'predicted {mib(choice.predicted_peak_bytes)}, measured '
-            f'{measured} (parameters, gradients and optimizer state '
-            f'included; optimizer state {mib(figures.optimizer_state_bytes)}'
-            ')',
-            f'recomputation per step: predicted {choice.recompute_seconds:.3f}'
-            f' s (everything recomputed: {choice.floor_recompute_seconds:.3f}'
-            ' s)',
-            'to skip planning, set in the backbone config: '
-            + ', '.join(
-                f'{k}={v!r}' for k, v in choice.plan.as_config().items()
-            ),
+            f'{measured} (one step with the plan; both include the '
+            f'{mib(figures.optimizer_state_bytes)} of optimizer state its '
+            'first step allocates)',
+            'recomputation per step: predicted '
+            f'{choice.recompute_seconds:.3f} s (everything recomputed: '
+            f'{choice.floor_recompute_seconds:.3f} s)',
+            'to skip planning, remove memory_budget (from the backbone and '
+            'the segmentor) and set in the backbone config: '
+            f'stored_blocks={tuple(choice.plan.stored_blocks)!r}, '
+            f'store_stem={choice.plan.store_stem!r}',
         ]
         for line in lines:
             print_log(line, logger='current')
+        if (
+            choice.measured_peak_bytes is not None
+            and choice.measured_peak_bytes > choice.budget_bytes
+        ):
+            print_log(
+                f'the measured peak {measured} is above the budget '
+                f'{mib(choice.budget_bytes)}: the prediction was too low '
+                'for this model; lower memory_budget',
+                logger='current',
+                level=logging.WARNING,
+            )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def _plan_of(backbone) -> MemoryPlan:
+    return MemoryPlan(tuple(backbone.stored_blocks), backbone.store_stem)

@@ -1,7 +1,6 @@
 """``memory_budget``: parsing, planning on the whole segmentor, the hook."""
 
 import copy
-import logging
 
 import pytest
 import torch
@@ -202,6 +201,7 @@ def test_planned_peaks_fit_and_are_predicted_within_3_percent(planned):
 def test_no_fitting_plan_raises_with_the_smallest_peak_and_remedies(planned):
     model, optimizer, batch, _, figures = planned
     floor = figures.predict_peak(MemoryPlan((0, 0, 0, 0), False))
+    plan = (model.backbone.stored_blocks, model.backbone.store_stem)
     with pytest.raises(MemoryBudgetError) as error:
         plan_for_memory_budget(
             model,
@@ -214,7 +214,9 @@ def test_no_fitting_plan_raises_with_the_smallest_peak_and_remedies(planned):
     assert f'{floor / MIB:.1f} MiB' in message
     for remedy in ('crop_size', 'batch_size', 'AmpOptimWrapper'):
         assert remedy in message
-    assert model.backbone.plan_pending  # nothing half-applied is used
+    # The backbone keeps the plan it had, nothing half-applied.
+    assert (model.backbone.stored_blocks, model.backbone.store_stem) == plan
+    assert not model.backbone.plan_pending
 
 
 def test_planning_then_training_equals_the_plan_set_by_hand(planned):
@@ -253,6 +255,14 @@ def test_planning_then_training_equals_the_plan_set_by_hand(planned):
     buffers = [dict(m.named_buffers()) for m in results]
     for name, buffer in buffers[0].items():
         assert torch.equal(buffer, buffers[1][name]), name
+    # set_plan configures what building with the plan configures.
+    for model in results:
+        assert model.backbone.store_stem == choice.plan.store_stem
+    for name in planned_model.backbone.res_layers:
+        planned_layer = getattr(planned_model.backbone, name)
+        hand_layer = getattr(by_hand.backbone, name)
+        assert planned_layer.stage.config == hand_layer.stage.config
+        assert planned_layer.keep_transition == hand_layer.keep_transition
 
 
 def test_segmentor_budget_goes_to_an_mrevnet_backbone():
@@ -280,14 +290,12 @@ DEMO = (
 )
 
 
-@pytest.mark.slow
-def test_runner_plans_logs_and_trains(tmp_path, caplog):
-    """The one config line, through mmseg's Runner: plan, log, train."""
-    root = tmp_path / 'data'
-    generate_cityscapes(str(root), num_train=2, num_val=1, size=(64, 128))
+def _runner(root, work_dir, max_iters, resume=False):
     cfg = build_train_config(
         DEMO,
-        work_dir=str(tmp_path / 'work'),
+        work_dir=str(work_dir),
+        resume=resume,
+        amp=True,  # bf16 autocast on the CPU: planning runs under it
         cfg_options={
             'model.backbone.memory_budget': '64GiB',
             'train_dataloader.dataset.data_root': str(root),
@@ -296,19 +304,39 @@ def test_runner_plans_logs_and_trains(tmp_path, caplog):
             'train_dataloader.persistent_workers': False,
             'val_dataloader.dataset.data_root': str(root),
             'test_dataloader.dataset.data_root': str(root),
-            'train_cfg.max_iters': 2,
+            'train_cfg.max_iters': max_iters,
             'train_cfg.val_interval': 100,
-            'default_hooks.checkpoint.interval': 100,
+            'default_hooks.checkpoint.interval': 1,
             'log_level': 'INFO',
         },
     )
-    runner = RUNNERS.build(cfg)
-    with caplog.at_level(logging.INFO, logger=runner.logger.name):
-        runner.train()
+    return RUNNERS.build(cfg)
+
+
+@pytest.mark.slow
+def test_runner_plans_logs_trains_and_resumes_with_the_plan(tmp_path):
+    """The one config line, through the Runner, in mixed precision: plan,
+    log, train, save the plan, resume with it."""
+    root = tmp_path / 'data'
+    generate_cityscapes(str(root), num_train=2, num_val=1, size=(64, 128))
+    runner = _runner(root, tmp_path / 'work', max_iters=1)
+    runner.train()
     log = ''.join(p.read_text() for p in (tmp_path / 'work').rglob('*.log'))
     backbone = runner.model.backbone
     assert not backbone.plan_pending
     assert 'memory_budget=' in log and 'memory plan: stored_blocks=' in log
     assert 'whole step peak predicted' in log and 'measured' in log
     assert f'stored_blocks={backbone.stored_blocks!r}' in log
-    assert runner.iter == 2
+    checkpoint = torch.load(
+        tmp_path / 'work' / 'iter_1.pth', weights_only=True
+    )
+    assert checkpoint['meta']['memory_plan'] == dict(
+        stored_blocks=list(backbone.stored_blocks),
+        store_stem=backbone.store_stem,
+    )
+    resumed = _runner(root, tmp_path / 'work', max_iters=2, resume=True)
+    resumed.train()
+    assert resumed.iter == 2
+    assert resumed.model.backbone.stored_blocks == backbone.stored_blocks
+    log = ''.join(p.read_text() for p in (tmp_path / 'work').rglob('*.log'))
+    assert 'memory plan of the resumed checkpoint' in log

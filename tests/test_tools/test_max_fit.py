@@ -48,7 +48,6 @@ def test_variants_swap_only_the_backbone_and_the_segmentor():
 
 @pytest.mark.slow
 def test_small_run_orders_the_variants(tmp_path):
-    out = tmp_path / 'fit.json'
     max_fit.main(
         [
             DEMO,
@@ -59,12 +58,13 @@ def test_small_run_orders_the_variants(tmp_path):
             '64',
             '--threads',
             '1',
-            '--json',
-            str(out),
+            '--out-dir',
+            str(tmp_path),
         ]
     )
-    record = json.loads(out.read_text())
-    rows = {row['variant']: row for row in record['results']}
+    record = json.loads((tmp_path / 'results.json').read_text())
+    (result,) = record['results']
+    rows = {row['variant']: row for row in result['rows']}
     assert list(rows) == list(max_fit.VARIANTS)
     batches = {v: r['fits']['1GiB']['batch'] for v, r in rows.items()}
     per_pixel = {v: r['per_pixel_bytes'] for v, r in rows.items()}
@@ -73,4 +73,8 @@ def test_small_run_orders_the_variants(tmp_path):
     assert batches['m-RevNet'] > batches['ResNetV1c']
     for row in rows.values():
         assert len(row['points']) == 3
-        assert abs(row['held_out_error']) < 0.2
+    text = (tmp_path / 'results.md').read_text()
+    assert (
+        '| pspnet_mrevnet34-d8_1xb8-300iter_synthetic-cityscapes-128x256 |'
+        in text
+    )

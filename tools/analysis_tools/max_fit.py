@@ -6,8 +6,11 @@ loss and optimizer:
 * ``ResNetV1c``: mmseg's ``EncoderDecoder`` with the plain ResNetV1c of
   the same depth and layout;
 * ``ResNetV1c with_cp``: the same with ``with_cp=True``;
-* ``m-RevNet``: ``MRevNetEncoderDecoder`` with the config's m-RevNet
-  backbone at its floor plan (everything recomputed: the least memory).
+* ``ResNetV1c with_cp + checkpointed heads``: and mmengine's activation
+  checkpointing of the heads' ConvModules (the best ResNet option);
+* ``m-RevNet``: ``MRevNetEncoderDecoder`` (memory-saving heads) with the
+  config's m-RevNet backbone at its floor plan (everything recomputed:
+  the least memory).
   ``memory_budget`` at the largest size that fits chooses this plan (it
   is the one of least peak), so the planned m-RevNet fits the same sizes.
 
@@ -17,10 +20,11 @@ aspect, ``batch x (h, w)``: ``2 x base``, ``2 x 2base`` and ``4 x 2base``
 activations``: ``fixed`` counts the parameters, buffers, one gradient per
 trainable parameter and the state of the config's optimizer; the
 activations are the step's peak above its start with the parameters'
-gradients left out (:func:`benchmarks.memory.step_peak`). The sum bounds
-the whole step peak from above. The activation peak is fitted as a line
-in pixels (``batch * h * w``) through the two largest sizes; the line
-through the two smallest, predicting the largest, gives the error shown.
+gradients left out (:func:`benchmarks.memory.step_peak`), plus the
+batch's images and labels. The sum bounds the whole step peak from
+above. The activation peak is fitted as a line in pixels (``batch * h *
+w``) through the three sizes (least squares); the line through the two
+smaller ones, predicting the largest, gives the error shown.
 The line is then solved for the memory: the largest batch at the config's
 crop, and the largest square and config-aspect crop (multiples of 8) at
 the config's batch. ``--verify`` runs one step at each predicted largest
@@ -40,6 +44,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import os.path as osp
 import sys
 from typing import Dict, List, Sequence, Tuple
@@ -58,7 +63,12 @@ from mmrevnet.models.utils.memory_budget import (  # noqa: E402
 )
 
 MIB = 2**20
-VARIANTS = ('ResNetV1c', 'ResNetV1c with_cp', 'm-RevNet')
+VARIANTS = (
+    'ResNetV1c',
+    'ResNetV1c with_cp',
+    'ResNetV1c with_cp + checkpointed heads',
+    'm-RevNet',
+)
 #: Backbone keys of m-RevNet that mmseg's ResNetV1c does not take.
 MREVNET_ONLY = (
     'gamma',
@@ -76,7 +86,7 @@ MREVNET_ONLY = (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='an mmseg segmentor config')
+    parser.add_argument('config', nargs='+', help='mmseg segmentor configs')
     parser.add_argument(
         '--memory',
         nargs='+',
@@ -89,7 +99,7 @@ def parse_args(argv=None):
         type=int,
         nargs=2,
         metavar=('H', 'W'),
-        help='smallest measured crop (default: the config crop / 8)',
+        help='smallest measured crop (default: a quarter of the crop)',
     )
     parser.add_argument(
         '--crop',
@@ -110,7 +120,9 @@ def parse_args(argv=None):
         "half the device's free memory",
     )
     parser.add_argument('--threads', type=int, help='torch threads')
-    parser.add_argument('--json', help='write the results to this file')
+    parser.add_argument(
+        '--out-dir', help='write results.json and results.md here'
+    )
     return parser.parse_args(argv)
 
 
@@ -145,20 +157,21 @@ def model_crop(cfg) -> Tuple[int, int]:
 def variant_model(model_cfg: dict, variant: str) -> dict:
     """The config's segmentor with the backbone of ``variant``."""
     cfg = copy.deepcopy(model_cfg)
+    cfg.pop('memory_budget', None)
     backbone = cfg['backbone']
     if variant == 'm-RevNet':
         if 'MRevNet' not in backbone['type']:
             backbone['type'] = backbone['type'].replace('ResNet', 'MRevNet')
-        for key in ('stored_blocks', 'store_stem', 'memory_budget'):
+        for key in ('stored_blocks', 'store_stem', 'memory_budget', 'with_cp'):
             backbone.pop(key, None)
-        cfg.pop('memory_budget', None)
+        backbone['memory_saving'] = True
         if cfg['type'] == 'EncoderDecoder':
             cfg['type'] = 'MRevNetEncoderDecoder'
         return cfg
     backbone['type'] = backbone['type'].replace('MRevNet', 'ResNet')
     for key in MREVNET_ONLY:
         backbone.pop(key, None)
-    backbone['with_cp'] = variant.endswith('with_cp')
+    backbone['with_cp'] = 'with_cp' in variant
     if cfg['type'] == 'MRevNetEncoderDecoder':
         cfg['type'] = 'EncoderDecoder'
         for key in ('memory_saving_heads', 'concat_free', 'loss_bands'):
@@ -172,6 +185,7 @@ def measure_peak(
     batch: int,
     crop: Sequence[int],
     device: str,
+    checkpoint_heads: bool = False,
 ) -> Tuple[int, int]:
     """``(fixed, activations)`` bytes of a training step at ``batch x crop``.
 
@@ -184,12 +198,14 @@ def measure_peak(
     from mmengine.registry import OPTIMIZERS, init_default_scope
     from mmseg.registry import MODELS
 
-    from benchmarks.benchmark import make_step
+    from benchmarks.benchmark import _checkpoint_heads, make_step
     from benchmarks.memory import step_peak
 
     init_default_scope('mmseg')
     torch.manual_seed(0)
     model = MODELS.build(copy.deepcopy(model_cfg)).to(device).train()
+    if checkpoint_heads:
+        _checkpoint_heads(model)
     optimizer = OPTIMIZERS.build(
         dict(optimizer_cfg, params=model.parameters())
     )
@@ -203,7 +219,12 @@ def measure_peak(
         for p in model.parameters()
         if p.requires_grad
     )
-    return fixed + optimizer_state_bytes(optimizer), activations.peak_bytes
+    # float32 images and int64 labels, allocated before the step.
+    batch_bytes = batch * crop[0] * crop[1] * (3 * 4 + 8)
+    return (
+        fixed + optimizer_state_bytes(optimizer),
+        activations.peak_bytes + batch_bytes,
+    )
 
 
 def fit_line(points: List[Tuple[int, int]]) -> Tuple[float, float]:
@@ -220,7 +241,7 @@ def largest(
     constant: float, per_pixel: float, memory: int, crop, batch: int
 ) -> Dict:
     room = memory - constant
-    if room <= 0:
+    if room <= 0 or per_pixel <= 0:
         return dict(batch=0, square=0, crop=(0, 0))
     h, w = crop
     largest_batch = int(room // (per_pixel * h * w))
@@ -228,6 +249,60 @@ def largest(
     scale = math.sqrt(room / (per_pixel * batch * h * w))
     aspect = (int(h * scale // 8 * 8), int(w * scale // 8 * 8))
     return dict(batch=largest_batch, square=side, crop=aspect)
+
+
+def fit_config(path: str, args, memories) -> Dict:
+    """Measure the three variants of one config and solve for each memory."""
+    model_cfg, crop, batch, optimizer_cfg = _config(path)
+    crop = tuple(args.crop or crop)
+    batch = args.batch_size or batch
+    base = tuple(args.base or (crop[0] // 4, crop[1] // 4))
+    double = (2 * base[0], 2 * base[1])
+    sizes = [(2, base), (2, double), (4, double)]
+    rows = []
+    for variant in VARIANTS:
+        cfg = variant_model(model_cfg, variant)
+        heads = variant.endswith('checkpointed heads')
+        points = []
+        for n, (h, w) in sizes:
+            fixed, peak = measure_peak(
+                cfg, optimizer_cfg, n, (h, w), args.device, heads
+            )
+            points.append((n * h * w, peak))
+            print(
+                f'{variant:18s} {n} x {h}x{w}: activation peak '
+                f'{peak / MIB:.1f} MiB (+ {fixed / MIB:.1f} MiB parameters, '
+                'gradients and optimizer state)',
+                flush=True,
+            )
+        # How far from a line: the two smaller sizes predict the largest.
+        offset, per_pixel = fit_line(points[:2])
+        error = (offset + per_pixel * points[2][0]) / points[2][1] - 1
+        offset, per_pixel = fit_line(points)
+        row = dict(
+            variant=variant,
+            points=points,
+            fixed_mib=fixed / MIB,
+            constant_mib=(fixed + offset) / MIB,
+            per_pixel_bytes=per_pixel,
+            held_out_error=error,
+            fits={
+                text: largest(fixed + offset, per_pixel, memory, crop, batch)
+                for text, memory in memories
+            },
+        )
+        if args.verify:
+            row['verified'] = verify(
+                cfg, optimizer_cfg, row, memories, crop, args.device, heads
+            )
+        rows.append(row)
+        print(
+            f'{variant:18s} constant {row["constant_mib"]:.1f} MiB, '
+            f'{per_pixel:.1f} bytes per pixel; the two smaller sizes '
+            f'predict the largest with error {error * 100:+.1f}%',
+            flush=True,
+        )
+    return dict(config=path, crop=crop, batch=batch, sizes=sizes, rows=rows)
 
 
 def main(argv=None):
@@ -242,76 +317,21 @@ def main(argv=None):
                 f'error: --memory takes sizes such as 24GiB, got {text!r}'
             )
         memories.append((text, budget.resolve(0, 0)))
-    model_cfg, crop, batch, optimizer_cfg = _config(args.config)
-    crop = tuple(args.crop or crop)
-    batch = args.batch_size or batch
-    base = tuple(args.base or (crop[0] // 4, crop[1] // 4))
-    double = (2 * base[0], 2 * base[1])
-    sizes = [(2, base), (2, double), (4, double)]
-    results = []
-    for variant in VARIANTS:
-        cfg = variant_model(model_cfg, variant)
-        points = []
-        for n, (h, w) in sizes:
-            fixed, peak = measure_peak(
-                cfg, optimizer_cfg, n, (h, w), args.device
-            )
-            points.append((n * h * w, peak))
-            print(
-                f'{variant:18s} {n} x {h}x{w}: activation peak '
-                f'{peak / MIB:.1f} MiB (+ {fixed / MIB:.1f} MiB parameters, '
-                'gradients and optimizer state)',
-                flush=True,
-            )
-        # The live bytes of a step are the max of lines (their slopes grow
-        # as the peak moves to earlier moments of the backward), so the
-        # two largest sizes give the line to extrapolate; the two
-        # smallest predicting the largest tell how far from a line it is.
-        offset, per_pixel = fit_line(points[:2])
-        error = (offset + per_pixel * points[2][0]) / points[2][1] - 1
-        offset, per_pixel = fit_line(points[1:])
-        constant = fixed + offset
-        row = dict(
-            variant=variant,
-            points=points,
-            fixed_mib=fixed / MIB,
-            constant_mib=constant / MIB,
-            per_pixel_bytes=per_pixel,
-            held_out_error=error,
-            fits={
-                text: largest(constant, per_pixel, memory, crop, batch)
-                for text, memory in memories
-            },
-        )
-        if args.verify:
-            row['verified'] = verify(
-                cfg, optimizer_cfg, row, memories, crop, args.device
-            )
-        results.append(row)
-        print(
-            f'{variant:18s} constant {constant / MIB:.1f} MiB, '
-            f'{per_pixel:.1f} bytes per pixel; the two smaller sizes '
-            f'predict the largest with error {error * 100:+.1f}%',
-            flush=True,
-        )
-    print(markdown(results, crop, batch, memories))
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(
-                dict(
-                    config=args.config,
-                    crop=crop,
-                    batch=batch,
-                    sizes=sizes,
-                    results=results,
-                ),
-                f,
-                indent=2,
-            )
+    results = [fit_config(path, args, memories) for path in args.config]
+    text = report(results, memories, args.device)
+    print(text)
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        with open(osp.join(args.out_dir, 'results.json'), 'w') as f:
+            json.dump(dict(memory=args.memory, results=results), f, indent=2)
+        with open(osp.join(args.out_dir, 'results.md'), 'w') as f:
+            f.write(text + '\n')
     return results
 
 
-def verify(cfg, optimizer_cfg, row, memories, crop, device) -> Dict:
+def verify(
+    cfg, optimizer_cfg, row, memories, crop, device, heads=False
+) -> Dict:
     """Measured peaks at the predicted largest batches the machine holds."""
     from mmrevnet.engine.memory_budget import device_memory
 
@@ -321,40 +341,116 @@ def verify(cfg, optimizer_cfg, row, memories, crop, device) -> Dict:
         n = row['fits'][text]['batch']
         if n < 2 or memory > free / 2:
             continue
-        peak = measure_peak(cfg, optimizer_cfg, n, crop, device)
-        out[text] = dict(batch=n, peak_mib=peak / MIB, fits=peak <= memory)
+        fixed, peak = measure_peak(cfg, optimizer_cfg, n, crop, device, heads)
+        predicted = (
+            row['constant_mib'] * MIB
+            + row['per_pixel_bytes'] * n * crop[0] * crop[1]
+        )
+        out[text] = dict(
+            batch=n,
+            measured_mib=(fixed + peak) / MIB,
+            predicted_mib=predicted / MIB,
+            fits=fixed + peak <= memory,
+        )
         print(
-            f'{row["variant"]:18s} verify {n} x {crop}: {peak / MIB:.1f} '
-            f'MiB for {text}',
+            f'{row["variant"]:18s} verify {n} x {crop[0]}x{crop[1]}: '
+            f'{(fixed + peak) / MIB:.1f} MiB measured, '
+            f'{predicted / MIB:.1f} MiB predicted, for {text}',
             flush=True,
         )
     return out
 
 
-def markdown(results, crop, batch, memories) -> str:
-    head = ' | '.join(
-        f'{text}: batch at {crop[0]}x{crop[1]} / square crop at batch '
-        f'{batch} / {crop[0]}:{crop[1]} crop at batch {batch}'
-        for text, _ in memories
-    )
+def _name(path: str) -> str:
+    return osp.splitext(osp.basename(path))[0]
+
+
+def report(results: List[Dict], memories, device: str) -> str:
+    """Markdown: the headline table, then each config's figures."""
+    first = results[0]
     lines = [
-        f'| variant | constant (MiB) | bytes per pixel | {head} | '
-        'prediction error (third size) |',
-        '|---' * (4 + len(memories)) + '|',
+        '# Largest batch and crop that fit',
+        '',
+        'Written by `python tools/analysis_tools/max_fit.py '
+        + ' '.join(r['config'] for r in results)
+        + ' --memory '
+        + ' '.join(t for t, _ in memories)
+        + (' --device cuda' if device == 'cuda' else '')
+        + '`.',
+        '',
+        f'Measured on the {device.upper()} at three sizes per model and '
+        "extrapolated to each memory (see the tool's docstring): the "
+        'whole training step (parameters, gradients, optimizer state, '
+        'backbone, heads, loss). Each cell: the largest batch at the '
+        f"config's crop ({first['crop'][0]}x{first['crop'][1]}) / the "
+        "largest square crop at the config's batch "
+        f'({first["batch"]}).',
+        '',
+        '| config | backbone | '
+        + ' | '.join(t for t, _ in memories)
+        + ' | batch vs ResNetV1c |',
+        '|---|---|' + '---|' * (len(memories) + 1),
     ]
-    for row in results:
-        cells = []
-        for text, _ in memories:
-            fit = row['fits'][text]
-            cells.append(
-                f'{fit["batch"]} / {fit["square"]} / '
-                f'{fit["crop"][0]}x{fit["crop"][1]}'
+    for result in results:
+        fits = {row['variant']: row['fits'] for row in result['rows']}
+        for row in result['rows']:
+            cells = [
+                f'{row["fits"][t]["batch"]} / {row["fits"][t]["square"]}'
+                for t, _ in memories
+            ]
+            last = memories[-1][0]
+            plain = fits['ResNetV1c'][last]['batch']
+            ratio = (
+                f'{row["fits"][last]["batch"] / plain:.2f}x at {last}'
+                if plain
+                else 'n/a'
             )
-        lines.append(
-            f'| {row["variant"]} | {row["constant_mib"]:.1f} | '
-            f'{row["per_pixel_bytes"]:.1f} | {" | ".join(cells)} | '
-            f'{row["held_out_error"] * 100:+.1f}% |'
-        )
+            lines.append(
+                f'| {_name(result["config"])} | {row["variant"]} | '
+                + ' | '.join(cells)
+                + f' | {ratio} |'
+            )
+    lines += [
+        '',
+        '## Per config',
+        '',
+        '| config | backbone | fixed (MiB) | constant (MiB) | bytes per '
+        'pixel | activation peaks at the three sizes (MiB) | error of the '
+        'two smaller sizes on the largest |',
+        '|---|---|---|---|---|---|---|',
+    ]
+    for result in results:
+        for row in result['rows']:
+            peaks = ', '.join(f'{peak / MIB:.1f}' for _, peak in row['points'])
+            lines.append(
+                f'| {_name(result["config"])} | {row["variant"]} | '
+                f'{row["fixed_mib"]:.1f} | {row["constant_mib"]:.1f} | '
+                f'{row["per_pixel_bytes"]:.1f} | {peaks} | '
+                f'{row["held_out_error"] * 100:+.1f}% |'
+            )
+    sizes = ', '.join(f'{n} x {h}x{w}' for n, (h, w) in results[0]['sizes'])
+    lines += ['', f'Sizes measured (first config): {sizes}.']
+    verified = [
+        (result, row, text, check)
+        for result in results
+        for row in result['rows']
+        for text, check in row.get('verified', {}).items()
+    ]
+    if verified:
+        lines += [
+            '',
+            '## Verified',
+            '',
+            '| config | backbone | memory | batch | predicted (MiB) | '
+            'measured (MiB) | fits |',
+            '|---|---|---|---|---|---|---|',
+        ]
+        for result, row, text, check in verified:
+            lines.append(
+                f'| {_name(result["config"])} | {row["variant"]} | {text} | '
+                f'{check["batch"]} | {check["predicted_mib"]:.1f} | '
+                f'{check["measured_mib"]:.1f} | {check["fits"]} |'
+            )
     return '\n'.join(lines)
 
 
