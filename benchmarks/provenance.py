@@ -247,6 +247,32 @@ RESULTS: Dict[str, Result] = {
         sources=_MODELS
         + ('benchmarks/memory.py', 'benchmarks/compile_step.py'),
     ),
+    'max_fit_cpu': Result(
+        outputs=(
+            'docs/benchmark/max_fit/results.json',
+            'docs/benchmark/max_fit/results.md',
+        ),
+        command='python tools/analysis_tools/max_fit.py '
+        + ' '.join(
+            f'configs/{head}/{head}_mrevnet{depth}{d8}_4xb2-80k_'
+            'cityscapes-512x1024.py'
+            for head, d8 in (
+                ('pspnet', '-d8'),
+                ('deeplabv3', '-d8'),
+                ('upernet', ''),
+            )
+            for depth in (50, 101)
+        )
+        + ' --memory 24GiB 40GiB 80GiB --threads 1 '
+        '--out-dir docs/benchmark/max_fit',
+        sources=_MODELS
+        + (
+            'benchmarks/memory.py',
+            'benchmarks/benchmark.py',
+            'mmrevnet/engine/memory_budget.py',
+            'tools/analysis_tools/max_fit.py',
+        ),
+    ),
     'gpu_h100': Result(
         outputs=(
             'docs/benchmark/gpu/h100_full_dcad7fe/benchmark.json',

@@ -690,8 +690,9 @@ class MRevNetMemoryBudgetHook(Hook):
         self._saved_plan = None
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        meta = checkpoint.get('meta') or {}
-        self._saved_plan = meta.get('memory_plan')
+        meta = checkpoint.get('meta')
+        if isinstance(meta, dict):
+            self._saved_plan = meta.get('memory_plan')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         backbone = _memory_budget_backbone(_unwrap(runner.model))
@@ -709,11 +710,17 @@ class MRevNetMemoryBudgetHook(Hook):
         backbone = _memory_budget_backbone(model)
         if backbone is None:
             return
-        if runner.iter > 0 and isinstance(self._saved_plan, dict):
+        if runner.iter > 0 and self._saved_plan is not None:
             plan = self._saved_plan
-            backbone.set_plan(
-                plan.get('stored_blocks'), plan.get('store_stem')
-            )
+            try:
+                backbone.set_plan(plan['stored_blocks'], plan['store_stem'])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(
+                    "the resumed checkpoint's meta['memory_plan'] "
+                    f'{plan!r} is not a plan of this backbone (a dict of '
+                    'stored_blocks, one int per stage, and store_stem, a '
+                    f'bool): {error}'
+                ) from None
             print_log(
                 f'memory plan of the resumed checkpoint: '
                 f'{_describe(_plan_of(backbone))}',

@@ -13,6 +13,7 @@ from mmseg.structures import SegDataSample
 from mmrevnet.engine.memory_budget import (
     MemoryBudgetError,
     MemoryPlan,
+    MRevNetMemoryBudgetHook,
     cpu_step_peak,
     optimizer_state_bytes,
     plan_for_memory_budget,
@@ -340,3 +341,40 @@ def test_runner_plans_logs_trains_and_resumes_with_the_plan(tmp_path):
     assert resumed.model.backbone.stored_blocks == backbone.stored_blocks
     log = ''.join(p.read_text() for p in (tmp_path / 'work').rglob('*.log'))
     assert 'memory plan of the resumed checkpoint' in log
+
+
+class _Runner:
+    """What the hook reads of a resumed Runner."""
+
+    def __init__(self, model, iteration):
+        self.model, self.iter = model, iteration
+
+
+@pytest.mark.parametrize(
+    'plan',
+    [
+        dict(stored_blocks=[9, 0, 0, 0], store_stem=False),
+        dict(stored_blocks=[1, 1]),
+        'everything',
+    ],
+)
+def test_a_bad_plan_in_checkpoint_meta_is_refused_by_name(plan):
+    model = _segmentor(memory_budget='1GiB')
+    hook = MRevNetMemoryBudgetHook()
+    hook.after_load_checkpoint(None, dict(meta=dict(memory_plan=plan)))
+    with pytest.raises(ValueError, match=r"meta\['memory_plan'\]"):
+        hook.before_train_iter(_Runner(model, 1), 0)
+    assert model.backbone.plan_pending
+
+
+def test_a_saved_plan_is_reapplied_on_resume():
+    model = _segmentor(memory_budget='1GiB')
+    hook = MRevNetMemoryBudgetHook()
+    plan = dict(stored_blocks=[1, 2, 0, 0], store_stem=True)
+    hook.after_load_checkpoint(None, dict(meta=dict(memory_plan=plan)))
+    hook.before_train_iter(_Runner(model, 5), 0)
+    assert model.backbone.stored_blocks == (1, 2, 0, 0)
+    assert model.backbone.store_stem and not model.backbone.plan_pending
+    saved = dict(meta={})
+    hook.before_save_checkpoint(_Runner(model, 6), saved)
+    assert saved['meta']['memory_plan'] == plan

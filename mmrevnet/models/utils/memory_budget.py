@@ -10,9 +10,10 @@ device. Written as:
   and torch's allocator report), ``KB``/``MB``/``GB``/``TB`` powers of
   1000;
 * a fraction of the device's total memory, a float in (0, 1]: ``0.8``;
-* ``'auto'``: :data:`AUTO_MARGIN` of the memory the device has free when
-  training starts (the rest is left to the allocator's fragmentation,
-  cuDNN workspaces and other processes).
+* ``'auto'``: :data:`AUTO_MARGIN` of the memory available when training
+  starts: what the device has free plus what the training process holds
+  already (the rest is left to the allocator's fragmentation, cuDNN
+  workspaces and other processes).
 
 The budget is resolved to bytes on the training device, at the start of
 training, by :class:`~mmrevnet.engine.MRevNetMemoryBudgetHook`.
@@ -48,7 +49,7 @@ _SIZE = re.compile(r'^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$')
 _ALLOWED = (
     'memory_budget must be a size (bytes as an int, or a string such as '
     "'10GiB', '7.5G', '512MiB', '24GB'), a fraction of the device's total "
-    "memory in (0, 1] (e.g. 0.8), 'auto' (90% of the memory free when "
+    "memory in (0, 1] (e.g. 0.8), 'auto' (90% of the memory available when "
     'training starts) or None'
 )
 
@@ -67,13 +68,14 @@ class MemoryBudget:
     value: float
     text: str
 
-    def resolve(self, total_bytes: int, free_bytes: int) -> int:
-        """The budget in bytes on a device with this total and free memory."""
+    def resolve(self, total_bytes: int, available_bytes: int) -> int:
+        """The budget in bytes on a device with this total and available
+        memory."""
         if self.kind == 'bytes':
             return int(self.value)
         if self.kind == 'fraction':
             return int(self.value * total_bytes)
-        return int(AUTO_MARGIN * free_bytes)
+        return int(AUTO_MARGIN * available_bytes)
 
 
 def parse_memory_budget(
