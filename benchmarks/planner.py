@@ -55,6 +55,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from mmrevnet.engine.memory_budget import MemoryPlan
+
 from .memory import SavedTensorCounter, step_peak
 
 __all__ = [
@@ -72,17 +74,10 @@ __all__ = [
 _MIB = float(2**20)
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """A memory plan: the backbone arguments ``stored_blocks, store_stem``.
-
-    Args:
-        stored_blocks (tuple[int]): Blocks kept per stage, from its start.
-        store_stem (bool): Keep the stem's activations. Defaults to False.
-    """
-
-    stored_blocks: Tuple[int, ...]
-    store_stem: bool = False
+class Plan(MemoryPlan):
+    """:class:`~mmrevnet.engine.memory_budget.MemoryPlan` (the backbone
+    arguments ``stored_blocks, store_stem``) with its ``--cfg-options``
+    forms; ``stored_blocks=None`` builds the floor."""
 
     def cfg_options(self, prefix: str = 'model.backbone') -> str:
         """The plan as ``--cfg-options`` arguments (space separated).
