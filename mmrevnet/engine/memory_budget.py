@@ -16,26 +16,30 @@ config trains in mixed precision):
 
 * the whole step peak of the plans that keep ``k = 0 .. n`` blocks of the
   last stage and nothing else (``n + 1`` steps; 4 for the ResNet
-  layouts). On CUDA the allocator's peak (``max_memory_allocated``, all
-  the device memory torch holds, so parameters and gradients included);
+  layouts), and again with the heads stored where they are part of the
+  plan (an ``MRevNetEncoderDecoder`` that recomputes its heads). On
+  CUDA the allocator's peak (``max_memory_allocated``, all the device
+  memory torch holds, so parameters and gradients included);
   on the CPU the allocator's events of the step replayed from the
   profiler (:func:`cpu_step_peak`) plus the parameters and buffers;
 * forwards under saved-tensor hooks (one per stage and count ``k``, one
   for the stem, one for the floor): the bytes that keeping the first
   ``k`` blocks of a stage, or the stem, adds to what the step saves for
   the backward;
-* the forward time of the stem and of blocks 0 and 1 of every stage (a
-  kept block saves about one forward of recomputation).
+* the forward time of the stem, of blocks 0 and 1 of every stage and of
+  the planned heads (a kept block, or stored heads, save about one
+  forward of recomputation).
 
-Predicted peak of a plan: the measured peak of its last-stage count, plus
+Predicted peak of a plan: the measured peak of its last-stage count (with
+its heads' setting), plus
 the saved bytes of its other kept blocks and stem, plus the optimizer
 state the first ``optimizer.step()`` will allocate. The backward runs the
 heads and the last stage first, while everything kept by earlier stages is
 alive, and a kept block never adds more than what it saves to any moment
 of the step, so this is an upper bound; it is tight while the peak lies
 in the heads' or the last stage's backward. Every plan is enumerated (3840
-for depth 101), so the choice is exact for the figures and deterministic
-given them.
+for depth 101, twice as many with the heads), so the choice is exact for
+the figures and deterministic given them.
 
 Planning runs a few steps and forwards and changes nothing that training
 sees: BN running statistics, the random number generators and the
@@ -69,6 +73,7 @@ __all__ = [
     'PlanChoice',
     'MemoryBudgetError',
     'choose_plan',
+    'apply_plan',
     'cpu_step_peak',
     'measure_plan_figures',
     'plan_for_memory_budget',
@@ -85,10 +90,16 @@ class MemoryPlan:
     Args:
         stored_blocks (tuple[int]): Blocks kept per stage, from its start.
         store_stem (bool): Keep the stem's activations. Defaults to False.
+        store_heads (bool, optional): Keep the activations of the decode
+            and auxiliary heads of an ``MRevNetEncoderDecoder`` instead of
+            recomputing them (its ``memory_saving_heads=None``); None
+            where the heads are not part of the plan (another segmentor,
+            or heads the config already stores). Defaults to None.
     """
 
     stored_blocks: Tuple[int, ...]
     store_stem: bool = False
+    store_heads: Optional[bool] = None
 
     def as_config(self) -> dict:
         """The plan as backbone config keys (set instead of a budget)."""
@@ -114,6 +125,11 @@ class PlanFigures:
         optimizer_state_bytes (int): What the first optimizer step will
             allocate (0 once its state exists).
         shape (tuple[int]): The batch's input shape.
+        stored_heads_peaks (tuple[int], optional): ``last_stage_peaks``
+            with the heads' activations stored; None where the heads are
+            not part of the plan.
+        heads_seconds (float): One forward of the heads (what their
+            recomputation costs).
     """
 
     last_stage_peaks: Tuple[int, ...]
@@ -123,19 +139,38 @@ class PlanFigures:
     stem_seconds: float
     optimizer_state_bytes: int
     shape: Tuple[int, ...]
+    stored_heads_peaks: Optional[Tuple[int, ...]] = None
+    heads_seconds: float = 0.0
+
+    @property
+    def heads_planned(self) -> bool:
+        return self.stored_heads_peaks is not None
 
     def plans(self) -> List[MemoryPlan]:
         counts = [range(len(table)) for table in self.kept_bytes]
+        heads = (False, True) if self.heads_planned else (None,)
         return [
-            MemoryPlan(tuple(blocks), stem)
+            MemoryPlan(tuple(blocks), stem, store)
             for blocks in itertools.product(*counts)
             for stem in (False, True)
+            for store in heads
         ]
+
+    def floor(self) -> MemoryPlan:
+        """The plan of least memory: everything recomputed."""
+        return MemoryPlan(
+            (0,) * len(self.kept_bytes),
+            False,
+            False if self.heads_planned else None,
+        )
 
     def predict_peak(self, plan: MemoryPlan) -> int:
         """Predicted whole step peak, optimizer state included (bytes)."""
         *earlier, last = plan.stored_blocks
-        peak = self.last_stage_peaks[last] + self.optimizer_state_bytes
+        peaks = self.last_stage_peaks
+        if plan.store_heads:
+            peaks = self.stored_heads_peaks
+        peak = peaks[last] + self.optimizer_state_bytes
         for table, kept in zip(self.kept_bytes, earlier):
             peak += table[kept]
         return peak + (self.stem_bytes if plan.store_stem else 0)
@@ -143,6 +178,8 @@ class PlanFigures:
     def recompute_seconds(self, plan: MemoryPlan) -> float:
         """Forward time the plan's backward spends recomputing."""
         seconds = 0.0 if plan.store_stem else self.stem_seconds
+        if plan.store_heads is False:
+            seconds += self.heads_seconds
         for table, (transition, momentum), kept in zip(
             self.kept_bytes, self.block_seconds, plan.stored_blocks
         ):
@@ -196,21 +233,89 @@ def choose_plan(figures: PlanFigures, budget_bytes: int) -> PlanChoice:
             'memory_budget'
         )
     (seconds, peak), plan = best
-    floor = MemoryPlan(tuple(0 for _ in figures.kept_bytes), False)
     return PlanChoice(
         plan=plan,
         budget_bytes=int(budget_bytes),
         predicted_peak_bytes=peak,
         recompute_seconds=seconds,
-        floor_recompute_seconds=figures.recompute_seconds(floor),
+        floor_recompute_seconds=figures.recompute_seconds(figures.floor()),
     )
 
 
 def _describe(plan: MemoryPlan) -> str:
-    return (
+    text = (
         f'stored_blocks={tuple(plan.stored_blocks)}, '
         f'store_stem={plan.store_stem}'
     )
+    if plan.store_heads is not None:
+        text += f', store_heads={plan.store_heads}'
+    return text
+
+
+def _planned_heads(model: nn.Module) -> List[nn.Module]:
+    """The heads a plan may store: those of an ``MRevNetEncoderDecoder``
+    built to recompute them (``memory_saving_heads`` not None)."""
+    from ..models.segmentors.encoder_decoder import (
+        MRevNetEncoderDecoder,
+        _heads,
+    )
+
+    if (
+        isinstance(model, MRevNetEncoderDecoder)
+        and model.memory_saving_heads is not None
+    ):
+        return _heads(model)
+    return []
+
+
+def _heads_stored(model: nn.Module) -> Optional[bool]:
+    """Whether the planned heads store now; None if none are planned."""
+    from ..models.memory_saving.heads import is_memory_saving
+
+    heads = _planned_heads(model)
+    if not heads:
+        return None
+    return not any(is_memory_saving(head) for head in heads)
+
+
+def _store_heads(model: nn.Module, store: Optional[bool]) -> None:
+    """Store (True) or recompute (False) the planned heads' activations;
+    recomputation as the segmentor's ``memory_saving_heads`` and
+    ``concat_free`` configure it."""
+    from ..models.memory_saving.heads import disable_memory_saving
+    from ..models.segmentors.encoder_decoder import (
+        enable_memory_saving_heads,
+    )
+
+    current = _heads_stored(model)
+    if store is None or current is None or store == current:
+        return
+    if store:
+        for head in _planned_heads(model):
+            disable_memory_saving(head)
+    else:
+        enable_memory_saving_heads(
+            model, model.memory_saving_heads, nested=model.concat_free
+        )
+
+
+def apply_plan(model: nn.Module, backbone: nn.Module, plan: MemoryPlan):
+    """Set ``plan`` on ``backbone`` and on ``model``'s planned heads.
+
+    Raises:
+        ValueError: The plan does not match the model: a count per stage
+            that the backbone refuses, or ``store_heads`` given (not None)
+            for a model whose heads are not planned (or the reverse).
+    """
+    if (plan.store_heads is None) != (_heads_stored(model) is None):
+        raise ValueError(
+            f'store_heads={plan.store_heads!r}: a bool for an '
+            'MRevNetEncoderDecoder whose heads recompute '
+            "(memory_saving_heads='head' or 'module'), None for other "
+            'models'
+        )
+    backbone.set_plan(plan.stored_blocks, plan.store_stem)
+    _store_heads(model, plan.store_heads)
 
 
 def cpu_step_peak(run: Callable[[], None]) -> int:
@@ -390,7 +495,7 @@ def _trainable_from(backbone: nn.Module, layers) -> int:
 
 
 def _median_seconds(
-    module: Callable, x: Tensor, device: torch.device, repeats: int = 3
+    module: Callable, x, device: torch.device, repeats: int = 3
 ) -> float:
     def sync():
         if device.type == 'cuda':
@@ -431,33 +536,49 @@ def measure_plan_figures(
             in (autocast under mixed precision); the block timings run in
             it too. Defaults to no context.
 
-    A step that runs out of device memory counts as an infinite peak (the
-    plans with more kept blocks in the last stage are then not run). The
-    caller restores BN statistics and random number generators.
+    The heads of an ``MRevNetEncoderDecoder`` that recomputes them are
+    part of the plan: the last stage's peaks are measured once with the
+    heads recomputed and once with them stored, and the heads' forward is
+    timed. A step that runs out of device memory counts as an infinite
+    peak (the plans with more kept blocks in the last stage are then not
+    run). The caller restores BN statistics and random number generators.
     """
     blocks = tuple(backbone.stage_blocks)
     layers = [getattr(backbone, name) for name in backbone.res_layers]
+    heads = _planned_heads(model)
 
     def run_step():
         loss = forward_loss()
         loss.backward()
 
     state = _optimizer_state(optimizer)
+    _store_heads(model, False if heads else None)
     if device.type == 'cuda':
         # cuDNN's autotuning (mmseg sets cudnn_benchmark) allocates its
         # workspaces in the first steps at a shape.
         backbone.set_plan((0,) * len(blocks), False)
         _out_of_memory_as_inf(lambda: step_peak(model, run_step, device))
-    last_peaks = []
-    for kept in range(blocks[-1] + 1):
-        backbone.set_plan((0,) * (len(blocks) - 1) + (kept,), False)
-        peak = _out_of_memory_as_inf(
-            lambda: step_peak(model, run_step, device, state)
-        )
-        last_peaks.append(peak)
-        if peak == math.inf:
-            last_peaks += [math.inf] * (blocks[-1] - kept)
-            break
+
+    def last_stage_peaks():
+        peaks = []
+        for kept in range(blocks[-1] + 1):
+            backbone.set_plan((0,) * (len(blocks) - 1) + (kept,), False)
+            peak = _out_of_memory_as_inf(
+                lambda: step_peak(model, run_step, device, state)
+            )
+            peaks.append(peak)
+            if peak == math.inf:
+                return peaks + [math.inf] * (blocks[-1] - kept)
+        return peaks
+
+    last_peaks = last_stage_peaks()
+    stored_heads_peaks = None
+    if heads:
+        _store_heads(model, True)
+        try:
+            stored_heads_peaks = tuple(last_stage_peaks())
+        finally:
+            _store_heads(model, False)
 
     def saved_bytes(stored_blocks, store_stem):
         backbone.set_plan(stored_blocks, store_stem)
@@ -478,6 +599,12 @@ def measure_plan_figures(
         return hook
 
     handles.append(backbone.register_forward_pre_hook(grab((0, -1))))
+    features = []
+    handles.append(
+        backbone.register_forward_hook(
+            lambda module, args, output: features.append(output)
+        )
+    )
     for index, layer in enumerate(layers):
         for position in range(min(len(layer), 2)):
             hook = grab((index, position))
@@ -518,6 +645,20 @@ def measure_plan_figures(
             stem_seconds = _median_seconds(
                 backbone._forward_stem, inputs[(0, -1)], device
             )
+    heads_seconds = 0.0
+    if heads:
+        with torch.no_grad():
+            head_inputs = features[0]
+            if getattr(model, 'with_neck', False):
+                head_inputs = model.neck(head_inputs)
+
+        def run_heads(inputs):
+            # The heads' own forward: what their recomputation runs.
+            for head in heads:
+                head.forward(inputs)
+
+        with context():
+            heads_seconds = _median_seconds(run_heads, head_inputs, device)
     return PlanFigures(
         last_stage_peaks=tuple(last_peaks),
         kept_bytes=tuple(kept_bytes),
@@ -526,6 +667,8 @@ def measure_plan_figures(
         stem_seconds=stem_seconds,
         optimizer_state_bytes=optimizer_state_bytes(optimizer),
         shape=tuple(inputs[(0, -1)].shape),
+        stored_heads_peaks=stored_heads_peaks,
+        heads_seconds=heads_seconds,
     )
 
 
@@ -621,14 +764,16 @@ def plan_for_memory_budget(
 
     Returns:
         tuple[PlanChoice, PlanFigures]: The plan, now applied to
-        ``backbone``, and the figures it was chosen from.
+        ``backbone`` and the heads (:func:`apply_plan`), and the figures
+        it was chosen from.
 
     Raises:
         MemoryBudgetError: Nothing fits. On this or any other error the
-            backbone keeps the plan it had.
+            backbone and the heads keep the plan they had.
     """
     device = next(model.parameters()).device
     before = (backbone.stored_blocks, backbone.store_stem)
+    heads_before = _heads_stored(model)
     pending = backbone.plan_pending
     try:
         with _TrainingStateRestored(model, device):
@@ -636,9 +781,7 @@ def plan_for_memory_budget(
                 model, backbone, forward_loss, device, optimizer, context
             )
             choice = choose_plan(figures, budget_bytes)
-            backbone.set_plan(
-                choice.plan.stored_blocks, choice.plan.store_stem
-            )
+            apply_plan(model, backbone, choice.plan)
             if verify:
 
                 def run_step():
@@ -656,6 +799,7 @@ def plan_for_memory_budget(
                 )
     except BaseException:
         backbone.set_plan(*before)
+        _store_heads(model, heads_before)
         backbone.plan_pending = pending
         raise
     return choice, figures
@@ -695,12 +839,17 @@ class MRevNetMemoryBudgetHook(Hook):
             self._saved_plan = meta.get('memory_plan')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        backbone = _memory_budget_backbone(_unwrap(runner.model))
+        model = _unwrap(runner.model)
+        backbone = _memory_budget_backbone(model)
         if backbone is not None and not backbone.plan_pending:
-            checkpoint.setdefault('meta', {})['memory_plan'] = dict(
-                stored_blocks=list(backbone.stored_blocks),
-                store_stem=backbone.store_stem,
+            plan = _plan_of(model, backbone)
+            saved = dict(
+                stored_blocks=list(plan.stored_blocks),
+                store_stem=plan.store_stem,
             )
+            if plan.store_heads is not None:
+                saved['store_heads'] = plan.store_heads
+            checkpoint.setdefault('meta', {})['memory_plan'] = saved
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None):
         if self._planned:
@@ -713,17 +862,27 @@ class MRevNetMemoryBudgetHook(Hook):
         if runner.iter > 0 and self._saved_plan is not None:
             plan = self._saved_plan
             try:
-                backbone.set_plan(plan['stored_blocks'], plan['store_stem'])
-            except (KeyError, TypeError, ValueError) as error:
+                store_heads = plan.get('store_heads')
+                if not (store_heads is None or isinstance(store_heads, bool)):
+                    raise ValueError(f'store_heads={store_heads!r}')
+                apply_plan(
+                    model,
+                    backbone,
+                    MemoryPlan(
+                        plan['stored_blocks'], plan['store_stem'], store_heads
+                    ),
+                )
+            except (AttributeError, KeyError, TypeError, ValueError) as error:
                 raise ValueError(
                     "the resumed checkpoint's meta['memory_plan'] "
-                    f'{plan!r} is not a plan of this backbone (a dict of '
-                    'stored_blocks, one int per stage, and store_stem, a '
-                    f'bool): {error}'
+                    f'{plan!r} is not a plan of this model (a dict of '
+                    'stored_blocks, one int per stage, store_stem, a '
+                    'bool, and for an MRevNetEncoderDecoder whose heads '
+                    f'recompute, store_heads, a bool): {error}'
                 ) from None
             print_log(
                 f'memory plan of the resumed checkpoint: '
-                f'{_describe(_plan_of(backbone))}',
+                f'{_describe(_plan_of(model, backbone))}',
                 logger='current',
             )
             return
@@ -782,7 +941,7 @@ class MRevNetMemoryBudgetHook(Hook):
                 raise MemoryBudgetError(result + where)
         plan = outcomes[0]
         if plan != choice.plan:
-            backbone.set_plan(plan.stored_blocks, plan.store_stem)
+            apply_plan(model, backbone, plan)
             choice = dataclasses.replace(
                 choice,
                 plan=plan,
@@ -805,12 +964,15 @@ class MRevNetMemoryBudgetHook(Hook):
         if choice.measured_peak_bytes is not None:
             measured = mib(choice.measured_peak_bytes)
         forwards = 2 + sum(len(t) - 1 for t in figures.kept_bytes)
+        steps = len(figures.last_stage_peaks) + 1
+        if figures.heads_planned:
+            steps += len(figures.stored_heads_peaks)
         lines = [
             f'memory_budget={backbone.memory_budget.text}: '
             f'{mib(choice.budget_bytes)} on {device} (total {mib(total)}, '
             f'available {mib(available)}); planned at input shape '
             f'{figures.shape} in {seconds:.1f} s '
-            f'({len(figures.last_stage_peaks) + 1} training steps, '
+            f'({steps} training steps, '
             f'{forwards} counted forwards, timed block forwards)',
             f'memory plan: {_describe(choice.plan)}; whole step peak '
             f'predicted {mib(choice.predicted_peak_bytes)}, measured '
@@ -823,7 +985,12 @@ class MRevNetMemoryBudgetHook(Hook):
             'to skip planning, remove memory_budget (from the backbone and '
             'the segmentor) and set in the backbone config: '
             f'stored_blocks={tuple(choice.plan.stored_blocks)!r}, '
-            f'store_stem={choice.plan.store_stem!r}',
+            f'store_stem={choice.plan.store_stem!r}'
+            + (
+                '; and in the segmentor config: memory_saving_heads=None'
+                if choice.plan.store_heads
+                else ''
+            ),
         ]
         for line in lines:
             print_log(line, logger='current')
@@ -844,5 +1011,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-def _plan_of(backbone) -> MemoryPlan:
-    return MemoryPlan(tuple(backbone.stored_blocks), backbone.store_stem)
+def _plan_of(model: nn.Module, backbone: nn.Module) -> MemoryPlan:
+    return MemoryPlan(
+        tuple(backbone.stored_blocks),
+        backbone.store_stem,
+        _heads_stored(model),
+    )

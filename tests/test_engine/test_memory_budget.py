@@ -14,11 +14,14 @@ from mmrevnet.engine.memory_budget import (
     MemoryBudgetError,
     MemoryPlan,
     MRevNetMemoryBudgetHook,
+    apply_plan,
     cpu_step_peak,
     optimizer_state_bytes,
     plan_for_memory_budget,
 )
 from mmrevnet.models import MRevNetV1c
+from mmrevnet.models.memory_saving.heads import is_memory_saving
+from mmrevnet.models.segmentors.encoder_decoder import _heads
 from mmrevnet.models.utils.memory_budget import parse_memory_budget
 from tools.cli.config import build_train_config, sync_bn_to_bn
 from tools.dataset_converters.generators.synthetic import generate_cityscapes
@@ -100,12 +103,13 @@ NUM_CLASSES = 5
 SHAPE = (2, 3, 64, 96)
 
 
-def _segmentor(**backbone):
+def _segmentor(segmentor=None, **backbone):
     init_default_scope('mmseg')
     cfg = get_config('mmseg::_base_/models/pspnet_r50-d8.py').model
     cfg = copy.deepcopy(cfg.to_dict())
     cfg.pop('data_preprocessor')
     cfg.update(type='MRevNetEncoderDecoder', pretrained=None)
+    cfg.update(segmentor or {})
     cfg['backbone'] = dict(
         type='MRevNetV1c',
         depth=18,
@@ -169,17 +173,37 @@ def planned():
 
 def test_a_budget_that_holds_everything_keeps_everything(planned):
     model, _, _, choice, figures = planned
-    assert choice.plan == MemoryPlan((2, 2, 2, 2), True)
+    assert choice.plan == MemoryPlan((2, 2, 2, 2), True, store_heads=True)
     assert choice.recompute_seconds == 0.0 < choice.floor_recompute_seconds
     assert not model.backbone.plan_pending
     assert model.backbone.stored_blocks == (2, 2, 2, 2)
+    assert not any(is_memory_saving(h) for h in _heads(model))
     assert figures.shape == SHAPE
+    # The heads' forward is what their recomputation costs; their stored
+    # peaks are measured for every count of the last stage.
+    assert figures.heads_seconds > 0
+    assert len(figures.stored_heads_peaks) == len(figures.last_stage_peaks)
+
+
+def test_heads_are_planned_only_where_they_recompute(planned):
+    figures = planned[-1]
+    assert {p.store_heads for p in figures.plans()} == {False, True}
+    model = _segmentor(dict(memory_saving_heads=None), memory_budget='1GiB')
+    with pytest.raises(ValueError, match='store_heads=True: a bool for an'):
+        apply_plan(
+            model, model.backbone, MemoryPlan((0, 0, 0, 0), False, True)
+        )
+    choice, stored = plan_for_memory_budget(
+        model, model.backbone, _forward_loss(model, _batch()), 2**40
+    )
+    assert stored.stored_heads_peaks is None and stored.heads_seconds == 0
+    assert choice.plan == MemoryPlan((2, 2, 2, 2), True, store_heads=None)
 
 
 def test_planned_peaks_fit_and_are_predicted_within_3_percent(planned):
     model, optimizer, batch, _, figures = planned
-    floor = figures.predict_peak(MemoryPlan((0, 0, 0, 0), False))
-    most = figures.predict_peak(MemoryPlan((2, 2, 2, 2), True))
+    floor = figures.predict_peak(figures.floor())
+    most = figures.predict_peak(MemoryPlan((2, 2, 2, 2), True, True))
     assert floor < most
     chosen = set()
     for budget in (floor, (floor + most) // 2, most):
@@ -201,8 +225,9 @@ def test_planned_peaks_fit_and_are_predicted_within_3_percent(planned):
 
 def test_no_fitting_plan_raises_with_the_smallest_peak_and_remedies(planned):
     model, optimizer, batch, _, figures = planned
-    floor = figures.predict_peak(MemoryPlan((0, 0, 0, 0), False))
+    floor = figures.predict_peak(figures.floor())
     plan = (model.backbone.stored_blocks, model.backbone.store_stem)
+    heads_stored = not any(is_memory_saving(h) for h in _heads(model))
     with pytest.raises(MemoryBudgetError) as error:
         plan_for_memory_budget(
             model,
@@ -215,17 +240,22 @@ def test_no_fitting_plan_raises_with_the_smallest_peak_and_remedies(planned):
     assert f'{floor / MIB:.1f} MiB' in message
     for remedy in ('crop_size', 'batch_size', 'AmpOptimWrapper'):
         assert remedy in message
-    # The backbone keeps the plan it had, nothing half-applied.
+    # The model keeps the plan it had, nothing half-applied.
     assert (model.backbone.stored_blocks, model.backbone.store_stem) == plan
+    assert heads_stored == (
+        not any(is_memory_saving(h) for h in _heads(model))
+    )
     assert not model.backbone.plan_pending
 
 
-def test_planning_then_training_equals_the_plan_set_by_hand(planned):
+@pytest.mark.parametrize('budget', ['middle', 'most'])
+def test_planning_then_training_equals_the_plan_set_by_hand(planned, budget):
     """Planning restores BN statistics, RNG and gradients: the first step
-    after it is bit-equal to a model built with the chosen plan."""
+    after it is bit-equal to a model built with the chosen plan (with
+    ``memory_saving_heads=None`` where the plan stores the heads)."""
     figures = planned[-1]
-    floor = figures.predict_peak(MemoryPlan((0, 0, 0, 0), False))
-    most = figures.predict_peak(MemoryPlan((2, 2, 2, 2), True))
+    floor = figures.predict_peak(figures.floor())
+    most = figures.predict_peak(MemoryPlan((2, 2, 2, 2), True, True))
     planned_model = _segmentor(memory_budget='1GiB')
     batch = _batch(1)
     forward_loss = _forward_loss(planned_model, batch)
@@ -237,13 +267,17 @@ def test_planning_then_training_equals_the_plan_set_by_hand(planned):
         planned_model,
         planned_model.backbone,
         forward_loss,
-        (floor + most) // 2,
+        (floor + most) // 2 if budget == 'middle' else most,
         optimizer,
     )
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in planned_model.parameters())
-    assert 0 < sum(choice.plan.stored_blocks) < 8  # a plan in between
-    by_hand = _segmentor(**dict(choice.plan.as_config()))
+    if budget == 'middle':
+        assert 0 < sum(choice.plan.stored_blocks) < 8  # a plan in between
+    else:
+        assert choice.plan.store_heads
+    heads = dict(memory_saving_heads=None) if choice.plan.store_heads else {}
+    by_hand = _segmentor(heads, **dict(choice.plan.as_config()))
     results = []
     for model in (planned_model, by_hand):
         torch.manual_seed(7)  # dropout in the decode head
@@ -259,6 +293,9 @@ def test_planning_then_training_equals_the_plan_set_by_hand(planned):
     # set_plan configures what building with the plan configures.
     for model in results:
         assert model.backbone.store_stem == choice.plan.store_stem
+        assert choice.plan.store_heads == (
+            not any(is_memory_saving(h) for h in _heads(model))
+        )
     for name in planned_model.backbone.res_layers:
         planned_layer = getattr(planned_model.backbone, name)
         hand_layer = getattr(by_hand.backbone, name)
@@ -272,7 +309,7 @@ def test_planning_under_autocast_times_blocks_in_the_forward_precision(
     """Under mixed precision the captured block inputs are bf16: timing
     them outside the training context would fail on fp32 weights."""
     model, optimizer, batch, _, figures = planned
-    most = figures.predict_peak(MemoryPlan((2, 2, 2, 2), True))
+    most = figures.predict_peak(MemoryPlan((2, 2, 2, 2), True, True))
 
     def context():
         return torch.autocast('cpu', dtype=torch.bfloat16)
@@ -380,6 +417,8 @@ class _Runner:
     [
         dict(stored_blocks=[9, 0, 0, 0], store_stem=False),
         dict(stored_blocks=[1, 1]),
+        dict(stored_blocks=[1, 1, 1, 1], store_stem=False),
+        dict(stored_blocks=[1, 1, 1, 1], store_stem=False, store_heads=1),
         'everything',
     ],
 )
@@ -395,11 +434,12 @@ def test_a_bad_plan_in_checkpoint_meta_is_refused_by_name(plan):
 def test_a_saved_plan_is_reapplied_on_resume():
     model = _segmentor(memory_budget='1GiB')
     hook = MRevNetMemoryBudgetHook()
-    plan = dict(stored_blocks=[1, 2, 0, 0], store_stem=True)
+    plan = dict(stored_blocks=[1, 2, 0, 0], store_stem=True, store_heads=True)
     hook.after_load_checkpoint(None, dict(meta=dict(memory_plan=plan)))
     hook.before_train_iter(_Runner(model, 5), 0)
     assert model.backbone.stored_blocks == (1, 2, 0, 0)
     assert model.backbone.store_stem and not model.backbone.plan_pending
+    assert not any(is_memory_saving(h) for h in _heads(model))
     saved = dict(meta={})
     hook.before_save_checkpoint(_Runner(model, 6), saved)
     assert saved['meta']['memory_plan'] == plan
