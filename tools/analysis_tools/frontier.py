@@ -1,15 +1,18 @@
-"""Time-memory frontiers of ResNetV1c checkpointing and m-RevNet plans.
+"""Time-memory frontier of a whole segmentor: ResNetV1c against m-RevNet's
+``memory_budget`` plans (see ``benchmarks/frontier.py``).
 
 Examples:
-    # the committed run (backbone-101-D8 and PSPNet-101-D8, batch 2,
-    # 128x256, one thread)
+    # the committed run: PSPNet-101-D8 and UPerNet-50, batch 2, 256x512,
+    # one thread, one process per config (two cores), then merged
     python tools/analysis_tools/frontier.py \
-        --out-dir docs/benchmark/frontier
-    # smoke run
-    python tools/analysis_tools/frontier.py --quick --out-dir /tmp/f
-    # tables, targets and plot again from a stored run (no measurement)
+        configs/pspnet/pspnet_mrevnet101-d8_4xb2-80k_cityscapes-512x1024.py \
+        --out-dir work_dirs/frontier_pspnet
     python tools/analysis_tools/frontier.py \
-        --from-json docs/benchmark/frontier/frontier.json \
+        configs/upernet/upernet_mrevnet50_4xb2-80k_cityscapes-512x1024.py \
+        --out-dir work_dirs/frontier_upernet
+    python tools/analysis_tools/frontier.py \
+        --from-json work_dirs/frontier_pspnet/frontier.json \
+        work_dirs/frontier_upernet/frontier.json \
         --out-dir docs/benchmark/frontier
 """
 
@@ -38,16 +41,19 @@ from benchmarks.frontier import (  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', nargs='*', help='mmseg segmentor configs')
     parser.add_argument('--out-dir', default='work_dirs/frontier')
-    parser.add_argument('--depth', type=int, default=101)
-    parser.add_argument('--heads', nargs='+', default=['backbone', 'pspnet'])
     parser.add_argument('--batch-size', type=int, default=2)
-    parser.add_argument('--size', type=int, nargs=2, default=[128, 256])
     parser.add_argument(
-        '--budgets', type=int, default=8, help='evenly spaced budgets'
+        '--size', type=int, nargs=2, default=[256, 512], metavar=('H', 'W')
     )
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument(
+        '--budgets',
+        type=int,
+        default=5,
+        help='evenly spaced budgets from the floor to everything kept',
+    )
+    parser.add_argument('--repeats', type=int, default=4)
     parser.add_argument(
         '--threads',
         type=int,
@@ -57,43 +63,46 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         '--from-json',
+        nargs='+',
         metavar='JSON',
-        help='recompute the targets, table and plot of a stored run',
+        help='merge stored runs: targets, table and plot again, no '
+        'measurement',
     )
-    parser.add_argument(
-        '--quick',
-        action='store_true',
-        help='depth 50, backbone only, 64x64, 3 budgets, 1 step (smoke)',
-    )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.config and not args.from_json:
+        parser.error('give configs to measure, or --from-json')
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.from_json:
-        with open(args.from_json) as f:
-            stored = json.load(f)
-        for result in stored['results']:
-            result['checks'] = check_targets(result['rows'])
+        results, device = [], set()
+        for path in args.from_json:
+            with open(path) as f:
+                stored = json.load(f)
+            device.add(stored['device'])
+            for result in stored['results']:
+                result['checks'] = check_targets(result)
+                results.append(result)
+        stored = dict(
+            device='; '.join(sorted(device)),
+            torch=stored['torch'],
+            results=results,
+        )
         _write(args.out_dir, stored)
-        return stored['results']
-    if args.quick:
-        args.depth, args.heads, args.size = 50, ['backbone'], [64, 64]
-        args.budgets, args.repeats, args.warmup = 3, 1, 0
+        return results
     torch.set_num_threads(args.threads)
-    subsets = (('layer3',),) if args.quick else CHECKPOINT_SUBSETS
     results = [
         run_frontier(
-            depth=args.depth,
-            head=head,
+            config,
             batch_size=args.batch_size,
             size=args.size,
             num_budgets=args.budgets,
             repeats=args.repeats,
-            warmup=args.warmup,
-            subsets=subsets,
+            subsets=CHECKPOINT_SUBSETS,
         )
-        for head in args.heads
+        for config in args.config
     ]
     device = (
         f'{platform.processor() or platform.machine()} CPU, '
