@@ -204,12 +204,33 @@ RESULTS: Dict[str, Result] = {
             'docs/benchmark/frontier/frontier.md',
             'docs/benchmark/frontier/frontier.png',
         ),
-        command='python tools/analysis_tools/frontier.py '
-        '--out-dir docs/benchmark/frontier --repeats 7',
-        historical='made at commit afa95c7 (about 40 min on the shared '
-        'CPU); later commits of that session moved the backbone blocks to '
-        'models/utils (mmrevnet/reversible unchanged) and changed only the '
-        "planner's error path; not rerun, as the README says",
+        # One process per config (one thread each, run side by side on the
+        # two cores), then merged.
+        command=' && '.join(
+            [
+                f'python tools/analysis_tools/frontier.py configs/{config}_'
+                f'4xb2-80k_cityscapes-512x1024.py --out-dir '
+                f'work_dirs/frontier_{name}'
+                for name, config in (
+                    ('pspnet', 'pspnet/pspnet_mrevnet101-d8'),
+                    ('upernet', 'upernet/upernet_mrevnet50'),
+                )
+            ]
+            + [
+                'python tools/analysis_tools/frontier.py --from-json '
+                'work_dirs/frontier_pspnet/frontier.json '
+                'work_dirs/frontier_upernet/frontier.json '
+                '--out-dir docs/benchmark/frontier'
+            ]
+        ),
+        sources=_MODELS
+        + (
+            'mmrevnet/engine/memory_budget.py',
+            'benchmarks/benchmark.py',
+            'benchmarks/frontier.py',
+            'tools/analysis_tools/frontier.py',
+            'tools/analysis_tools/max_fit.py',
+        ),
     ),
     'bad_input': Result(
         outputs=('docs/bad_input.md',),

@@ -1,52 +1,74 @@
 """The frontier benchmark on a tiny run: every point measured, the
-planner's predictions checked, the outputs written."""
+runtime planner's choices within their budgets and predicted, the
+targets evaluated, the outputs written."""
 
 import json
 
+import torch
+
 from benchmarks.frontier import markdown, pareto, plot, run_frontier
+
+DEMO = (
+    'configs/demo/pspnet_mrevnet34-d8_1xb8-300iter_synthetic-cityscapes-'
+    '128x256.py'
+)
 
 
 def test_frontier_smoke(tmp_path):
-    result = run_frontier(
-        depth=18,
-        head='backbone',
-        size=(32, 32),
-        num_budgets=3,
-        repeats=1,
-        warmup=0,
-        block_repeats=1,
-        subsets=(('layer3',),),
-        log=None,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_frontier(
+            DEMO,
+            size=(32, 64),
+            num_budgets=2,
+            repeats=1,
+            subsets=(('layer3',),),
+            log=None,
+        )
+    finally:
+        torch.set_num_threads(threads)
     rows = result['rows']
-    names = [r['name'] for r in rows]
-    assert names[:3] == [
+    assert [r['name'] for r in rows[:4]] == [
         'ResNetV1c',
         'ResNetV1c with_cp',
+        'ResNetV1c with_cp + checkpointed heads',
         'ResNetV1c checkpoint layer3',
     ]
-    plans = [r for r in rows if r['family'] == 'MRevNetV1c']
+    plans = [r for r in rows if r['family'] == 'm-RevNet']
     assert len(plans) >= 2
     for row in rows:
-        assert row['step_peak_mib'] > 0 and row['activation_mib'] > 0
+        assert row['step_peak_mib'] > 0
         assert len(row['step_times']) == 1 and row['time_ratio'] > 0
     for plan in plans:
-        assert plan['predicted_peak_mib'] <= plan['budget_mib'] + 1e-9
-        assert 'model.backbone.stored_blocks=' not in plan['cfg_options']
-        assert plan['cfg_options'].startswith('stored_blocks=(')
-        # Saved bytes add up exactly; the peak is predicted within 5%.
-        assert abs(plan['activation_mib'] - plan['predicted_saved_mib']) < 1e-9
-        assert (
-            abs(plan['step_peak_mib'] / plan['predicted_peak_mib'] - 1) < 0.05
+        assert plan['budgets'] and isinstance(
+            plan['plan']['store_heads'], bool
         )
+        # The prediction bounds the peak from above. At this size the
+        # parameters, gradients and optimizer state are most of the peak,
+        # which then comes after the kept blocks are freed: the bound is
+        # loose by up to 3.4% here (3% is checked at a size where the
+        # activations hold the peak: tests/test_engine/
+        # test_memory_budget.py, and the committed frontier run).
+        assert plan['step_peak_mib'] <= plan['predicted_peak_mib'], plan
+    # Six budgets (four ResNetV1c peaks, two evenly spaced); every chosen
+    # plan's measured peak within its budget.
+    assert len(result['budgets']) == 6
     checks = result['checks']
-    assert checks['at_with_cp_peak'] is not None
+    assert checks['over_budget'] == []
+    # The with_cp budget is the one the runtime planner ran for.
+    at_cp = checks['at_with_cp_peak']
+    assert at_cp['budget_mib'] == result['planning']['budget_mib']
+    chosen = next(r for r in plans if r['name'] == at_cp['plan'])
+    assert chosen['plan'] == result['planning']['plan']
     assert len(checks['dominance']) == len(
         pareto([r for r in rows if r['family'] == 'ResNetV1c'])
     )
     assert checks['plan_pairs'] == len(plans) * (len(plans) - 1) // 2
     table = markdown([result])
-    assert '| ResNetV1c with_cp |' in table and 'Dominance' in table
+    assert (
+        '| ResNetV1c with_cp |' in table and "at with_cp's step peak" in table
+    )
     assert plot([result], str(tmp_path / 'f.png')) == str(tmp_path / 'f.png')
     assert (tmp_path / 'f.png').stat().st_size > 0
     json.dumps(result)

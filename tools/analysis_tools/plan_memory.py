@@ -1,97 +1,120 @@
-"""Plan an m-RevNet's kept blocks for a budget of step peak memory.
+"""Print the memory plan that ``memory_budget`` would choose, without training.
 
-Measures the figures of ``benchmarks.planner`` at the given input
-shape (the floor's step peak, per-block saved bytes, per-block forward
-times), picks the plan of least estimated recomputation whose predicted
-step peak fits the budget, and prints it with its ``--cfg-options``.
+Runs the planner of ``MRevNetMemoryBudgetHook``
+(:func:`mmrevnet.engine.memory_budget.plan_for_memory_budget`) on the
+config's segmentor as ``MRevNetEncoderDecoder`` (memory-saving heads, as
+``max_fit.py`` builds it) with the config's m-RevNet backbone and
+optimizer, on a synthetic batch of the given shape (default: the config's
+batch and crop), and prints the plan, its predicted and measured whole
+step peak and the config keys that set it without planning.
 
 Examples:
     python tools/analysis_tools/plan_memory.py \
         configs/pspnet/pspnet_mrevnet101-d8_4xb2-80k_cityscapes-512x1024.py \
-        --budget-mib 4000 --shape 2,3,512,1024
-    # then train with the plan
-    python tools/train.py CONFIG --cfg-options \
-        model.backbone.stored_blocks="(1,2,0,0)" \
-        model.backbone.store_stem=False
+        --memory-budget 10GiB --shape 2,3,512,1024
 """
 
 import argparse
 import json
+import os.path as osp
+import sys
+import time
 
-import torch
+if __package__ in (None, ''):
+    sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '../..'))
 
-import mmrevnet  # noqa: F401  (registers the models)
-from benchmarks.memory import step_peak
-from benchmarks.planner import (
-    BudgetError,
-    ConfigPlanner,
-    plan_for_budget,
-)
+import torch  # noqa: E402
+
+import mmrevnet  # noqa: E402,F401  (registers the models)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='segmentor or backbone config file')
+    parser.add_argument('config', help='mmseg segmentor config')
     parser.add_argument(
-        '--budget-mib', type=float, required=True, help='step peak budget'
+        '--memory-budget',
+        required=True,
+        help="as the config key: '10GiB', '7.5G', bytes, a fraction of "
+        "the device's memory (0.8) or 'auto'",
     )
     parser.add_argument(
-        '--shape',
-        default='2,3,512,1024',
-        help='input N,C,H,W (default: 2,3,512,1024)',
+        '--shape', help="input N,C,H,W (default: the config's batch, crop)"
     )
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument(
-        '--repeats', type=int, default=3, help='timed forwards per block'
-    )
-    parser.add_argument(
-        '--verify',
-        action='store_true',
-        help='also measure the step peak of the chosen plan',
-    )
-    parser.add_argument(
-        '--threads',
-        type=int,
-        help="torch threads for the measurements (default: torch's); on a "
-        'CPU shared with other jobs, 1 gives steadier block timings',
-    )
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    parser.add_argument('--threads', type=int, help='torch threads')
     parser.add_argument('--json', help='write the result to this file')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
+    from benchmarks.benchmark import make_step
+    from benchmarks.frontier import _build
+    from mmrevnet.engine.memory_budget import (
+        MemoryBudgetError,
+        device_memory,
+        plan_for_memory_budget,
+    )
+    from tools.analysis_tools.max_fit import _config, variant_model
+
     args = parse_args(argv)
-    shape = tuple(int(s) for s in args.shape.split(','))
     if args.threads:
         torch.set_num_threads(args.threads)
-    planner = ConfigPlanner(args.config, device=args.device)
-    figures = planner.measure(shape, repeats=args.repeats, log=print)
+    model_cfg, crop, batch, optimizer_cfg = _config(args.config)
+    shape = (batch, 3, *crop)
+    if args.shape:
+        shape = tuple(int(s) for s in args.shape.split(','))
+    model_cfg = variant_model(model_cfg, 'm-RevNet')
+    model_cfg['memory_budget'] = args.memory_budget
+    model, optimizer = _build(model_cfg, optimizer_cfg)
+    device = torch.device(args.device)
+    model.to(device)
+    budget = model.backbone.memory_budget.resolve(*device_memory(device))
+    step = make_step(
+        model,
+        shape[0],
+        shape[2:],
+        args.device,
+        num_classes=model.decode_head.num_classes,
+    )
+    start = time.perf_counter()
     try:
-        result = plan_for_budget(figures, int(args.budget_mib * 2**20))
-    except BudgetError as error:
+        choice, figures = plan_for_memory_budget(
+            model, model.backbone, step, budget, optimizer
+        )
+    except MemoryBudgetError as error:
         raise SystemExit(f'error: {error}')
-    print(result.summary(planner.prefix))
+    seconds = time.perf_counter() - start
+    plan = choice.plan
     record = dict(
         config=args.config,
         shape=list(shape),
-        budget_mib=args.budget_mib,
-        stored_blocks=list(result.plan.stored_blocks),
-        store_stem=result.plan.store_stem,
-        cfg_options=result.plan.cfg_options(planner.prefix),
-        predicted_peak_mib=result.predicted_peak_mib,
-        predicted_saved_mib=result.predicted_saved_bytes / 2**20,
-        recompute_seconds=result.recompute_seconds,
-        floor_peak_mib=figures.floor_peak_bytes / 2**20,
+        budget_mib=budget / 2**20,
+        stored_blocks=list(plan.stored_blocks),
+        store_stem=plan.store_stem,
+        store_heads=plan.store_heads,
+        predicted_peak_mib=choice.predicted_peak_bytes / 2**20,
+        measured_peak_mib=choice.measured_peak_bytes / 2**20,
+        recompute_seconds=choice.recompute_seconds,
+        floor_recompute_seconds=choice.floor_recompute_seconds,
+        planning_seconds=seconds,
     )
-    if args.verify:
-        model = planner.build(result.plan)
-        measured = step_peak(model, planner.make_step(model, shape))
-        record['measured_peak_mib'] = measured.peak_mib
-        print(
-            f'measured step peak of the plan: {measured.peak_mib:.1f} MiB '
-            f'({measured.peak_mib / result.predicted_peak_mib:.3f}x '
-            'predicted)'
-        )
+    heads = '; segmentor: memory_saving_heads=None' if plan.store_heads else ''
+    print(
+        f'memory_budget={args.memory_budget!r} ({budget / 2**20:.1f} MiB) '
+        f'at input shape {shape}, planned in {seconds:.1f} s\n'
+        f'plan: stored_blocks={tuple(plan.stored_blocks)}, '
+        f'store_stem={plan.store_stem}, store_heads={plan.store_heads}\n'
+        f'whole step peak: predicted {record["predicted_peak_mib"]:.1f} '
+        f'MiB, measured {record["measured_peak_mib"]:.1f} MiB (optimizer '
+        f'state of the first step, {figures.optimizer_state_bytes / 2**20:.1f}'
+        ' MiB, included)\n'
+        f'recomputation per step: {choice.recompute_seconds:.3f} s '
+        f'(everything recomputed: {choice.floor_recompute_seconds:.3f} s)\n'
+        'to train with it without planning: model type '
+        "'MRevNetEncoderDecoder'; backbone: "
+        f'stored_blocks={tuple(plan.stored_blocks)}, '
+        f'store_stem={plan.store_stem}{heads}'
+    )
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(record, f, indent=2)
