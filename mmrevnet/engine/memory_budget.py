@@ -587,8 +587,10 @@ def measure_plan_figures(
         del loss
         return counter.bytes
 
-    # The floor's forward, counted, also yields the inputs of the blocks
-    # to time.
+    # The floor's forward, counted, also yields the inputs of the stem and
+    # of the stages (the input of block 0). A recomputed block 0 of real
+    # width runs by chunks without its own __call__, so block hooks would
+    # miss it; block 1's input is block 0's output, computed when timed.
     inputs: Dict[Tuple[int, int], Tensor] = {}
     handles = []
 
@@ -606,9 +608,7 @@ def measure_plan_figures(
         )
     )
     for index, layer in enumerate(layers):
-        for position in range(min(len(layer), 2)):
-            hook = grab((index, position))
-            handles.append(layer[position].register_forward_pre_hook(hook))
+        handles.append(layer.register_forward_pre_hook(grab((index, 0))))
     floor = (0,) * len(blocks)
     try:
         floor_bytes = saved_bytes(floor, False)
@@ -631,12 +631,15 @@ def measure_plan_figures(
         seconds = (0.0, 0.0)
         if index >= trainable:
             with context():
-                seconds = (
-                    _median_seconds(layer[0], inputs[(index, 0)], device),
-                    _median_seconds(layer[1], inputs[(index, 1)], device)
-                    if len(layer) > 1
-                    else 0.0,
-                )
+                first = inputs[(index, 0)]
+                seconds = (_median_seconds(layer[0], first, device), 0.0)
+                if len(layer) > 1:
+                    with torch.no_grad():
+                        second = layer[0](first)
+                    seconds = (
+                        seconds[0],
+                        _median_seconds(layer[1], second, device),
+                    )
         block_seconds.append(seconds)
     stem_bytes = saved_bytes(floor, True) - floor_bytes
     stem_seconds = 0.0

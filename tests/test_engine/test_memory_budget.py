@@ -16,6 +16,7 @@ from mmrevnet.engine.memory_budget import (
     MRevNetMemoryBudgetHook,
     apply_plan,
     cpu_step_peak,
+    measure_plan_figures,
     optimizer_state_bytes,
     plan_for_memory_budget,
 )
@@ -443,3 +444,25 @@ def test_a_saved_plan_is_reapplied_on_resume():
     saved = dict(meta={})
     hook.before_save_checkpoint(_Runner(model, 6), saved)
     assert saved['meta']['memory_plan'] == plan
+
+
+def test_block_timings_reach_blocks_that_run_by_chunks(monkeypatch):
+    """Recomputed transition blocks of real width run by channel chunks,
+    without their own ``__call__``; the planner still times every block
+    (narrow blocks made chunkable by a small chunk)."""
+    from mmrevnet.models.utils import res_layer
+
+    monkeypatch.setattr(res_layer, 'CHANNEL_CHUNK', 4)
+    torch.manual_seed(0)
+    backbone = MRevNetV1c(depth=50, stem_channels=8, base_channels=4)
+    backbone.train()
+    assert res_layer._chunkable(backbone.layer1[0])
+    inputs = torch.randn(2, 3, 32, 32)
+    figures = measure_plan_figures(
+        backbone,
+        backbone,
+        lambda: sum(out.mean() for out in backbone(inputs)),
+        torch.device('cpu'),
+    )
+    assert all(t > 0 for stage in figures.block_seconds for t in stage)
+    assert figures.stored_heads_peaks is None
