@@ -30,7 +30,6 @@ The m-RevNet points share one model whose plan is switched
 (:func:`~mmrevnet.engine.memory_budget.apply_plan`) before each step.
 """
 
-import copy
 import itertools
 import statistics
 import time
@@ -52,19 +51,6 @@ MIB = float(2**20)
 AT_WITH_CP_TARGET = 0.90
 AT_PLAIN_TARGET = 1.01
 PREDICTION_TARGET = 0.03
-
-
-def _build(model_cfg: dict, optimizer_cfg: dict):
-    from mmengine.registry import OPTIMIZERS, init_default_scope
-    from mmseg.registry import MODELS
-
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    model = MODELS.build(copy.deepcopy(model_cfg)).train()
-    optimizer = OPTIMIZERS.build(
-        dict(optimizer_cfg, params=model.parameters())
-    )
-    return model, optimizer
 
 
 def resnet_options(subsets: Sequence[Sequence[str]]) -> List[Dict]:
@@ -120,6 +106,11 @@ def run_frontier(
     """
     from mmengine.runner import turn_on_activation_checkpointing
 
+    from benchmarks.variants import (
+        build_with_optimizer,
+        load_config,
+        variant_model,
+    )
     from mmrevnet.engine.memory_budget import (
         MemoryBudgetError,
         apply_plan,
@@ -129,10 +120,9 @@ def run_frontier(
         plan_for_memory_budget,
         step_peak,
     )
-    from tools.analysis_tools.max_fit import _config, variant_model
 
     device = torch.device('cpu')
-    model_cfg, _, _, optimizer_cfg = _config(config)
+    model_cfg, _, _, optimizer_cfg = load_config(config)
     shape = (batch_size, 3, *size)
     rows, steps = [], {}
 
@@ -144,7 +134,7 @@ def run_frontier(
 
     for option in resnet_options(subsets):
         variant = 'ResNetV1c with_cp' if option['with_cp'] else 'ResNetV1c'
-        model, optimizer = _build(
+        model, optimizer = build_with_optimizer(
             variant_model(model_cfg, variant), optimizer_cfg
         )
         if option.get('heads'):
@@ -172,7 +162,7 @@ def run_frontier(
     mrevnet_cfg = variant_model(model_cfg, 'm-RevNet')
     # The user's one line: the budget is with_cp's measured step peak.
     mrevnet_cfg['memory_budget'] = int(with_cp['step_peak_mib'] * MIB)
-    model, optimizer = _build(mrevnet_cfg, optimizer_cfg)
+    model, optimizer = build_with_optimizer(mrevnet_cfg, optimizer_cfg)
     backbone = model.backbone
     total, available = device_memory(device)
     budget = backbone.memory_budget.resolve(total, available)

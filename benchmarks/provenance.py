@@ -228,8 +228,8 @@ RESULTS: Dict[str, Result] = {
             'mmrevnet/engine/memory_budget.py',
             'benchmarks/benchmark.py',
             'benchmarks/frontier.py',
+            'benchmarks/variants.py',
             'tools/analysis_tools/frontier.py',
-            'tools/analysis_tools/max_fit.py',
         ),
     ),
     'bad_input': Result(
@@ -291,6 +291,7 @@ RESULTS: Dict[str, Result] = {
             'benchmarks/memory.py',
             'benchmarks/benchmark.py',
             'mmrevnet/engine/memory_budget.py',
+            'benchmarks/variants.py',
             'tools/analysis_tools/max_fit.py',
         ),
     ),

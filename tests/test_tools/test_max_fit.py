@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from benchmarks.variants import MREVNET_ONLY, load_config, variant_model
 from tools.analysis_tools import max_fit
 
 CONFIG = 'configs/pspnet/pspnet_mrevnet101-d8_4xb2-80k_cityscapes-512x1024.py'
@@ -29,16 +30,16 @@ def test_largest_batch_and_crops_solve_the_line():
 
 
 def test_variants_swap_only_the_backbone_and_the_segmentor():
-    model, crop, batch, optimizer = max_fit._config(CONFIG)
+    model, crop, batch, optimizer = load_config(CONFIG)
     assert (crop, batch, optimizer['type']) == ((512, 1024), 2, 'SGD')
-    resnet = max_fit.variant_model(model, 'ResNetV1c')
+    resnet = variant_model(model, 'ResNetV1c')
     assert resnet['type'] == 'EncoderDecoder'
     assert resnet['backbone']['type'] == 'ResNetV1c'
     assert resnet['backbone']['with_cp'] is False
-    assert not set(max_fit.MREVNET_ONLY) & set(resnet['backbone'])
-    with_cp = max_fit.variant_model(model, 'ResNetV1c with_cp')
+    assert not set(MREVNET_ONLY) & set(resnet['backbone'])
+    with_cp = variant_model(model, 'ResNetV1c with_cp')
     assert with_cp['backbone']['with_cp'] is True
-    mrevnet = max_fit.variant_model(model, 'm-RevNet')
+    mrevnet = variant_model(model, 'm-RevNet')
     assert mrevnet['type'] == 'MRevNetEncoderDecoder'
     assert mrevnet['backbone']['type'] == 'MRevNetV1c'
     for variant in (resnet, with_cp, mrevnet):

@@ -55,6 +55,10 @@ if __package__ in (None, ''):
 import torch  # noqa: E402
 
 import mmrevnet  # noqa: E402,F401  (registers the models)
+from benchmarks.variants import (  # noqa: E402
+    load_config,
+    variant_model,
+)
 from mmrevnet.engine.memory_budget import (  # noqa: E402
     optimizer_state_bytes,
 )
@@ -68,19 +72,6 @@ VARIANTS = (
     'ResNetV1c with_cp',
     'ResNetV1c with_cp + checkpointed heads',
     'm-RevNet',
-)
-#: Backbone keys of m-RevNet that mmseg's ResNetV1c does not take.
-MREVNET_ONLY = (
-    'gamma',
-    'memory_saving',
-    'residual_fn',
-    'track_drift',
-    'max_amplification',
-    'drop_path_rate',
-    'stored_blocks',
-    'store_stem',
-    'memory_budget',
-    'expansion',
 )
 
 
@@ -124,59 +115,6 @@ def parse_args(argv=None):
         '--out-dir', help='write results.json and results.md here'
     )
     return parser.parse_args(argv)
-
-
-def _config(path: str):
-    from mmengine.config import Config
-
-    from tools.cli.config import sync_bn_to_bn
-
-    cfg = Config.fromfile(path)
-    model = copy.deepcopy(cfg.model.to_dict())
-    model.pop('data_preprocessor', None)
-    model['pretrained'] = None
-    model['backbone'].pop('init_cfg', None)
-    model['backbone'].pop('pretrained', None)
-    sync_bn_to_bn(model)
-    crop = tuple(cfg.get('crop_size') or model_crop(cfg))
-    batch = int(cfg.train_dataloader.batch_size)
-    optimizer = dict(cfg.optim_wrapper.optimizer)
-    return model, crop, batch, optimizer
-
-
-def model_crop(cfg) -> Tuple[int, int]:
-    size = cfg.model.get('data_preprocessor', {}).get('size')
-    if not size:
-        raise ValueError(
-            f'{cfg.filename}: no crop_size and no data_preprocessor.size: '
-            'the crop to fit is unknown'
-        )
-    return tuple(size)
-
-
-def variant_model(model_cfg: dict, variant: str) -> dict:
-    """The config's segmentor with the backbone of ``variant``."""
-    cfg = copy.deepcopy(model_cfg)
-    cfg.pop('memory_budget', None)
-    backbone = cfg['backbone']
-    if variant == 'm-RevNet':
-        if 'MRevNet' not in backbone['type']:
-            backbone['type'] = backbone['type'].replace('ResNet', 'MRevNet')
-        for key in ('stored_blocks', 'store_stem', 'memory_budget', 'with_cp'):
-            backbone.pop(key, None)
-        backbone['memory_saving'] = True
-        if cfg['type'] == 'EncoderDecoder':
-            cfg['type'] = 'MRevNetEncoderDecoder'
-        return cfg
-    backbone['type'] = backbone['type'].replace('MRevNet', 'ResNet')
-    for key in MREVNET_ONLY:
-        backbone.pop(key, None)
-    backbone['with_cp'] = 'with_cp' in variant
-    if cfg['type'] == 'MRevNetEncoderDecoder':
-        cfg['type'] = 'EncoderDecoder'
-        for key in ('memory_saving_heads', 'concat_free', 'loss_bands'):
-            cfg.pop(key, None)
-    return cfg
 
 
 def measure_peak(
@@ -253,7 +191,7 @@ def largest(
 
 def fit_config(path: str, args, memories) -> Dict:
     """Measure the three variants of one config and solve for each memory."""
-    model_cfg, crop, batch, optimizer_cfg = _config(path)
+    model_cfg, crop, batch, optimizer_cfg = load_config(path)
     crop = tuple(args.crop or crop)
     batch = args.batch_size or batch
     base = tuple(args.base or (crop[0] // 4, crop[1] // 4))

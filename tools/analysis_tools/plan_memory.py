@@ -48,24 +48,27 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from benchmarks.benchmark import make_step
-    from benchmarks.frontier import _build
+    from benchmarks.variants import (
+        build_with_optimizer,
+        load_config,
+        variant_model,
+    )
     from mmrevnet.engine.memory_budget import (
         MemoryBudgetError,
         device_memory,
         plan_for_memory_budget,
     )
-    from tools.analysis_tools.max_fit import _config, variant_model
 
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_cfg, crop, batch, optimizer_cfg = _config(args.config)
+    model_cfg, crop, batch, optimizer_cfg = load_config(args.config)
     shape = (batch, 3, *crop)
     if args.shape:
         shape = tuple(int(s) for s in args.shape.split(','))
     model_cfg = variant_model(model_cfg, 'm-RevNet')
     model_cfg['memory_budget'] = args.memory_budget
-    model, optimizer = _build(model_cfg, optimizer_cfg)
+    model, optimizer = build_with_optimizer(model_cfg, optimizer_cfg)
     device = torch.device(args.device)
     model.to(device)
     budget = model.backbone.memory_budget.resolve(*device_memory(device))
