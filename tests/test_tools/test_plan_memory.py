@@ -10,7 +10,7 @@ DEMO = (
     'configs/demo/pspnet_mrevnet34-d8_1xb8-300iter_synthetic-cityscapes-'
     '128x256.py'
 )
-ARGS = ['--shape', '2,3,32,64', '--threads', '1']
+ARGS = ['--shape', '2,3,32,32', '--threads', '1']
 
 
 def test_plans_the_whole_segmentor_and_names_the_config_keys(tmp_path, capsys):
