@@ -204,25 +204,22 @@ RESULTS: Dict[str, Result] = {
             'docs/benchmark/frontier/frontier.md',
             'docs/benchmark/frontier/frontier.png',
         ),
-        # One process per config (one thread each, run side by side on the
-        # two cores), then merged.
-        command=' && '.join(
-            [
-                f'python tools/analysis_tools/frontier.py configs/{config}_'
-                f'4xb2-80k_cityscapes-512x1024.py --out-dir '
-                f'work_dirs/frontier_{name}'
-                for name, config in (
-                    ('pspnet', 'pspnet/pspnet_mrevnet101-d8'),
-                    ('upernet', 'upernet/upernet_mrevnet50'),
-                )
-            ]
-            + [
-                'python tools/analysis_tools/frontier.py --from-json '
-                'work_dirs/frontier_pspnet/frontier.json '
-                'work_dirs/frontier_upernet/frontier.json '
-                '--out-dir docs/benchmark/frontier'
-            ]
-        ),
+        # One process per config (one thread each), side by side on the
+        # two cores, then merged.
+        command='('
+        + ' & '.join(
+            f'python tools/analysis_tools/frontier.py configs/{config}_'
+            f'4xb2-80k_cityscapes-512x1024.py --out-dir '
+            f'work_dirs/frontier_{name}'
+            for name, config in (
+                ('pspnet', 'pspnet/pspnet_mrevnet101-d8'),
+                ('upernet', 'upernet/upernet_mrevnet50'),
+            )
+        )
+        + ' & wait) && python tools/analysis_tools/frontier.py --from-json '
+        'work_dirs/frontier_pspnet/frontier.json '
+        'work_dirs/frontier_upernet/frontier.json '
+        '--out-dir docs/benchmark/frontier',
         sources=_MODELS
         + (
             'mmrevnet/engine/memory_budget.py',

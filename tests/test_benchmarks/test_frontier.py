@@ -81,3 +81,65 @@ def test_pareto_keeps_only_undominated_points():
         dict(step_peak_mib=3, time_ratio=1),
     ]
     assert pareto(points) == [points[0], points[2]]
+
+
+def _row(name, peak, ratio, family='m-RevNet', predicted=None, budgets=()):
+    return dict(
+        family=family,
+        name=name,
+        step_peak_mib=peak,
+        time_ratio=ratio,
+        step_seconds=ratio,
+        predicted_peak_mib=peak if predicted is None else predicted,
+        recompute_seconds=ratio,
+        budgets=list(budgets),
+    )
+
+
+def test_targets_on_hand_made_rows():
+    """Dominance without tolerance, the budgets' plans, over-budget and
+    prediction error, on rows whose verdicts are known."""
+    from benchmarks.frontier import check_targets
+
+    rows = [
+        _row('ResNetV1c', 100.0, 1.0, family='ResNetV1c'),
+        _row('ResNetV1c with_cp', 50.0, 1.3, family='ResNetV1c'),
+        # Equal peak, equal time: dominates with_cp.
+        _row('A', 50.0, 1.3, budgets=['ResNetV1c point: ResNetV1c with_cp']),
+        # Faster than plain but 1e-4 MiB above its peak: excluded.
+        _row('B', 100.0001, 0.5),
+        # Below plain's peak, slower by 1e-9: does not dominate plain;
+        # its prediction is 4% low; it is 1 MiB over the 'even' budget.
+        _row(
+            'C',
+            99.0,
+            1.0 + 1e-9,
+            predicted=99.0 * 0.96,
+            budgets=['ResNetV1c point: ResNetV1c', 'even 1/1'],
+        ),
+    ]
+    budgets = [
+        dict(name='ResNetV1c point: ResNetV1c', budget_mib=100.0, row='C'),
+        dict(
+            name='ResNetV1c point: ResNetV1c with_cp',
+            budget_mib=50.0,
+            row='A',
+        ),
+        dict(name='even 1/1', budget_mib=98.0, row='C'),
+    ]
+    checks = check_targets(dict(rows=rows, budgets=budgets))
+    verdicts = {
+        d['resnet']: (d['plan'], d['met']) for d in checks['dominance']
+    }
+    assert verdicts == {
+        'ResNetV1c with_cp': ('A', True),
+        'ResNetV1c': ('C', False),
+    }
+    assert not checks['dominance_met']
+    assert checks['at_with_cp_peak']['time_vs_resnet'] == 1.0
+    assert not checks['at_with_cp_peak']['met']  # target 0.90x
+    assert checks['at_plain_peak']['plan'] == 'C'
+    assert checks['at_plain_peak']['met']  # 1.000000001 <= 1.01
+    assert [b['name'] for b in checks['over_budget']] == ['even 1/1']
+    assert abs(checks['max_prediction_error'] - 0.04) < 1e-9
+    assert not checks['prediction_met']

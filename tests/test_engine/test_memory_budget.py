@@ -14,7 +14,9 @@ from mmrevnet.engine.memory_budget import (
     MemoryBudgetError,
     MemoryPlan,
     MRevNetMemoryBudgetHook,
+    PlanFigures,
     apply_plan,
+    choose_plan,
     cpu_step_peak,
     measure_plan_figures,
     optimizer_state_bytes,
@@ -101,6 +103,46 @@ def test_optimizer_state_bytes():
 
 
 NUM_CLASSES = 5
+
+
+def _figures(heads=True):
+    """Two stages of one block each, with known figures."""
+    return PlanFigures(
+        last_stage_peaks=(100, 110),
+        kept_bytes=((0, 5), (0, 7)),
+        stem_bytes=3,
+        block_seconds=((1.0, 0.5), (2.0, 0.0)),
+        stem_seconds=0.25,
+        optimizer_state_bytes=10,
+        shape=(1, 3, 8, 8),
+        stored_heads_peaks=(130, 135) if heads else None,
+        heads_seconds=4.0 if heads else 0.0,
+    )
+
+
+def test_prediction_and_cost_terms_of_stem_blocks_and_heads():
+    figures = _figures()
+    assert len(figures.plans()) == 16
+    assert figures.floor() == MemoryPlan((0, 0), False, False)
+    # Stored heads read their own last-stage peaks.
+    assert figures.predict_peak(MemoryPlan((1, 1), True, True)) == 135 + 18
+    assert figures.predict_peak(MemoryPlan((1, 1), True, False)) == 110 + 18
+    assert figures.predict_peak(figures.floor()) == 110
+    # Recomputed: stem, heads, both transition blocks.
+    assert figures.recompute_seconds(figures.floor()) == 7.25
+    assert figures.recompute_seconds(MemoryPlan((1, 1), True, False)) == 4
+    assert figures.recompute_seconds(MemoryPlan((1, 1), True, True)) == 0
+    # 150: keep all blocks and the heads, recompute the stem (0.25 s);
+    # 149: stored heads and stem, stage 1 recomputed (1.0 s) beats
+    # recomputing the heads (4.0 s).
+    assert choose_plan(figures, 150).plan == MemoryPlan((1, 1), False, True)
+    assert choose_plan(figures, 149).plan == MemoryPlan((0, 1), True, True)
+    plain = _figures(heads=False)
+    assert {p.store_heads for p in plain.plans()} == {None}
+    assert plain.floor() == MemoryPlan((0, 0), False, None)
+    assert plain.recompute_seconds(plain.floor()) == 3.25
+
+
 SHAPE = (2, 3, 64, 96)
 
 
@@ -360,6 +402,7 @@ def _runner(root, work_dir, max_iters, resume=False):
         work_dir=str(work_dir),
         resume=resume,
         cfg_options={
+            'model.type': 'MRevNetEncoderDecoder',
             'model.backbone.memory_budget': '64GiB',
             'model.data_preprocessor.size': (64, 128),
             'train_dataloader.dataset.data_root': str(root),
@@ -391,17 +434,22 @@ def test_runner_plans_logs_trains_and_resumes_with_the_plan(tmp_path):
     assert 'memory_budget=' in log and 'memory plan: stored_blocks=' in log
     assert 'whole step peak predicted' in log and 'measured' in log
     assert f'stored_blocks={backbone.stored_blocks!r}' in log
+    # 64 GiB holds everything: the heads store too.
+    assert 'store_heads=True' in log and 'memory_saving_heads=None' in log
+    assert not any(is_memory_saving(h) for h in _heads(runner.model))
     checkpoint = torch.load(
         tmp_path / 'work' / 'iter_1.pth', weights_only=True
     )
     assert checkpoint['meta']['memory_plan'] == dict(
         stored_blocks=list(backbone.stored_blocks),
         store_stem=backbone.store_stem,
+        store_heads=True,
     )
     resumed = _runner(root, tmp_path / 'work', max_iters=2, resume=True)
     resumed.train()
     assert resumed.iter == 2
     assert resumed.model.backbone.stored_blocks == backbone.stored_blocks
+    assert not any(is_memory_saving(h) for h in _heads(resumed.model))
     log = ''.join(p.read_text() for p in (tmp_path / 'work').rglob('*.log'))
     assert 'memory plan of the resumed checkpoint' in log
 

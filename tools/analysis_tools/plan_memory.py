@@ -71,7 +71,12 @@ def main(argv=None):
     model, optimizer = build_with_optimizer(model_cfg, optimizer_cfg)
     device = torch.device(args.device)
     model.to(device)
-    budget = model.backbone.memory_budget.resolve(*device_memory(device))
+    # 'auto' counts what this process holds already, as the hook does.
+    held = sum(
+        t.numel() * t.element_size()
+        for t in (*model.parameters(), *model.buffers())
+    )
+    budget = model.backbone.memory_budget.resolve(*device_memory(device, held))
     step = make_step(
         model,
         shape[0],
