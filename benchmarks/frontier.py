@@ -21,7 +21,7 @@ measures, in one process, the points a user can choose from:
   spaced from the floor's predicted peak to everything kept.
 
 Every point gets its whole step peak: parameters, buffers, gradients,
-activations, heads and loss (:func:`~mmrevnet.engine.memory_budget.
+activations, heads and loss (:func:`~mmrevnet.engine.step_memory.
 step_peak`), plus the optimizer state its first ``step()`` allocates,
 as the planner counts it. Step time (forward and backward of the
 summed losses) is the median of ``repeats`` steps, with every point timed
@@ -115,9 +115,11 @@ def run_frontier(
         MemoryBudgetError,
         apply_plan,
         choose_plan,
+        plan_for_memory_budget,
+    )
+    from mmrevnet.engine.step_memory import (
         device_memory,
         optimizer_state_bytes,
-        plan_for_memory_budget,
         step_peak,
     )
 
@@ -154,7 +156,7 @@ def run_frontier(
                 step_times=[],
             )
         )
-        steps[option['name']] = (model, step)
+        steps[option['name']] = (model, step, None)
         if log:
             log(f'{option["name"]:44s} step peak {peak:8.1f} MiB')
 
@@ -206,7 +208,7 @@ def run_frontier(
             dict(
                 name=name,
                 budget_mib=int(value) / MIB,
-                plan=None if chosen is None else _plan_dict(chosen.plan),
+                plan=None if chosen is None else chosen.plan.as_dict(),
             )
         )
         if chosen is not None:
@@ -217,12 +219,12 @@ def run_frontier(
     for plan, (chosen, names) in plans.items():
         apply_plan(model, backbone, plan)
         peak = measure(model, step, state_bytes)
-        name = f'm-RevNet {_describe(plan)}'
+        name = f'm-RevNet {_row_label(plan)}'
         rows.append(
             dict(
                 family='m-RevNet',
                 name=name,
-                plan=_plan_dict(plan),
+                plan=plan.as_dict(),
                 budgets=names,
                 step_peak_mib=peak,
                 predicted_peak_mib=chosen.predicted_peak_bytes / MIB,
@@ -230,7 +232,7 @@ def run_frontier(
                 step_times=[],
             )
         )
-        steps[name] = (model, step)
+        steps[name] = (model, step, plan)
         if log:
             log(
                 f'{name:44s} step peak {peak:8.1f} MiB (predicted '
@@ -239,9 +241,9 @@ def run_frontier(
 
     for index in range(repeats):
         for row in rows:
-            model_, step_ = steps[row['name']]
+            model_, step_, plan_ = steps[row['name']]
             if row['family'] == 'm-RevNet':
-                apply_plan(model_, model_.backbone, _plan_of_dict(row['plan']))
+                apply_plan(model_, model_.backbone, plan_)
             row['step_times'].append(_train_step(model_, step_, 'cpu'))
             model_.zero_grad(set_to_none=True)
         if log:
@@ -275,7 +277,7 @@ def run_frontier(
         planning=dict(
             budget_mib=budget / MIB,
             seconds=planning_seconds,
-            plan=_plan_dict(choice.plan),
+            plan=choice.plan.as_dict(),
             predicted_peak_mib=choice.predicted_peak_bytes / MIB,
             measured_peak_mib=choice.measured_peak_bytes / MIB,
             training_steps=len(figures.last_stage_peaks)
@@ -283,6 +285,9 @@ def run_frontier(
             + 1,
             counted_forwards=2 + sum(len(t) - 1 for t in figures.kept_bytes),
             last_stage_peaks_mib=[p / MIB for p in figures.last_stage_peaks],
+            earlier_stage_peaks_mib=[
+                p / MIB for p in figures.earlier_stage_peaks or ()
+            ],
             stored_heads_peaks_mib=None
             if figures.stored_heads_peaks is None
             else [p / MIB for p in figures.stored_heads_peaks],
@@ -296,23 +301,7 @@ def run_frontier(
     return result
 
 
-def _plan_dict(plan) -> dict:
-    return dict(
-        stored_blocks=list(plan.stored_blocks),
-        store_stem=plan.store_stem,
-        store_heads=plan.store_heads,
-    )
-
-
-def _plan_of_dict(plan: dict):
-    from mmrevnet.engine.memory_budget import MemoryPlan
-
-    return MemoryPlan(
-        tuple(plan['stored_blocks']), plan['store_stem'], plan['store_heads']
-    )
-
-
-def _describe(plan) -> str:
+def _row_label(plan) -> str:
     text = f'{tuple(plan.stored_blocks)}'
     if plan.store_stem:
         text += ', stem'

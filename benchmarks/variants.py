@@ -83,14 +83,16 @@ def variant_model(model_cfg: dict, variant: str) -> dict:
     return cfg
 
 
-def build_with_optimizer(model_cfg: dict, optimizer_cfg: dict):
-    """The model in training mode (seed 0) and its optimizer."""
+def build_with_optimizer(
+    model_cfg: dict, optimizer_cfg: dict, device: str = 'cpu'
+):
+    """The model on ``device`` in training mode (seed 0), its optimizer."""
     from mmengine.registry import OPTIMIZERS, init_default_scope
     from mmseg.registry import MODELS
 
     init_default_scope('mmseg')
     torch.manual_seed(0)
-    model = MODELS.build(copy.deepcopy(model_cfg)).train()
+    model = MODELS.build(copy.deepcopy(model_cfg)).to(device).train()
     optimizer = OPTIMIZERS.build(
         dict(optimizer_cfg, params=model.parameters())
     )

@@ -21,7 +21,7 @@ config trains in mixed precision):
   CUDA the allocator's peak (``max_memory_allocated``, all the device
   memory torch holds, so parameters and gradients included);
   on the CPU the allocator's events of the step replayed from the
-  profiler (:func:`cpu_step_peak`) plus the parameters and buffers;
+  profiler plus the parameters and buffers (:mod:`.step_memory`);
 * forwards under saved-tensor hooks (one per stage and count ``k``, one
   for the stem, one for the floor): the bytes that keeping the first
   ``k`` blocks of a stage, or the stem, adds to what the step saves for
@@ -55,10 +55,9 @@ import gc
 import itertools
 import logging
 import math
-import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.hooks import Hook
@@ -67,6 +66,16 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import Tensor, nn
 
+from .step_memory import (
+    PhaseMarks,
+    device_memory,
+    optimizer_state,
+    optimizer_state_bytes,
+    step_peak,
+    step_phase_peaks,
+    storage_bytes,
+)
+
 __all__ = [
     'MemoryPlan',
     'PlanFigures',
@@ -74,7 +83,6 @@ __all__ = [
     'MemoryBudgetError',
     'choose_plan',
     'apply_plan',
-    'cpu_step_peak',
     'measure_plan_figures',
     'plan_for_memory_budget',
     'MRevNetMemoryBudgetHook',
@@ -108,14 +116,27 @@ class MemoryPlan:
             store_stem=self.store_stem,
         )
 
+    def as_dict(self) -> dict:
+        """The plan as plain data (checkpoint ``meta``, JSON):
+        ``stored_blocks`` as a list, ``store_heads`` where it is set."""
+        plan = dict(
+            stored_blocks=list(self.stored_blocks),
+            store_stem=self.store_stem,
+        )
+        if self.store_heads is not None:
+            plan['store_heads'] = self.store_heads
+        return plan
+
 
 @dataclasses.dataclass(frozen=True)
 class PlanFigures:
     """What planning measured at the first batch.
 
     Attributes:
-        last_stage_peaks (tuple[int]): Whole step peaks (bytes) of the
-            plans keeping ``k = 0 .. n`` blocks of the last stage only.
+        last_stage_peaks (tuple[int]): Step peaks (bytes) of the plans
+            keeping ``k = 0 .. n`` blocks of the last stage only, from the
+            start of the step to the end of the last stage's backward
+            (the whole step where ``earlier_stage_peaks`` is None).
         kept_bytes (tuple[tuple[int]]): Per stage, for ``k = 0 .. n``,
             the bytes saved for backward by its first ``k`` blocks.
         stem_bytes (int): Bytes the stem saves for backward.
@@ -128,8 +149,16 @@ class PlanFigures:
         stored_heads_peaks (tuple[int], optional): ``last_stage_peaks``
             with the heads' activations stored; None where the heads are
             not part of the plan.
-        heads_seconds (float): One forward of the heads (what their
-            recomputation costs).
+        heads_seconds (float): What recomputing the heads costs: one
+            forward of each, and of the units recomputed again inside
+            them (``UPerHead``'s lateral convolutions).
+        earlier_stage_peaks (tuple[tuple[int]], optional): Per stage but
+            the last, the largest step peaks measured in its backward (at
+            the floor), over the steps measured: at index ``b`` while its
+            block ``b`` is recomputed and differentiated (until the next
+            block's, or the stage before's, or the end of the step), at
+            index ``n`` from the gradient of its output to its last
+            block's. None: the last stage's peaks are whole step peaks.
     """
 
     last_stage_peaks: Tuple[int, ...]
@@ -141,9 +170,12 @@ class PlanFigures:
     shape: Tuple[int, ...]
     stored_heads_peaks: Optional[Tuple[int, ...]] = None
     heads_seconds: float = 0.0
+    earlier_stage_peaks: Optional[Tuple[int, ...]] = None
 
     @property
     def heads_planned(self) -> bool:
+        """Whether the plans choose ``store_heads`` (the heads were
+        measured stored and recomputed)."""
         return self.stored_heads_peaks is not None
 
     def plans(self) -> List[MemoryPlan]:
@@ -165,14 +197,31 @@ class PlanFigures:
         )
 
     def predict_peak(self, plan: MemoryPlan) -> int:
-        """Predicted whole step peak, optimizer state included (bytes)."""
-        *earlier, last = plan.stored_blocks
+        """Predicted whole step peak, optimizer state included (bytes).
+
+        Until the end of the last stage's backward, everything the
+        earlier stages keep is held: the measured peak of the plan's
+        last-stage count plus their kept bytes. In the backward of an
+        earlier stage's block ``b`` (measured at the floor), the stages
+        before it hold what they keep and the stage holds its kept
+        blocks up to ``b`` (all of them while its recomputed blocks,
+        which come last, run). The stem's kept bytes are held throughout.
+        """
         peaks = self.last_stage_peaks
         if plan.store_heads:
             peaks = self.stored_heads_peaks
-        peak = peaks[last] + self.optimizer_state_bytes
-        for table, kept in zip(self.kept_bytes, earlier):
-            peak += table[kept]
+        kept = [
+            table[count]
+            for table, count in zip(self.kept_bytes, plan.stored_blocks)
+        ]
+        peak = peaks[plan.stored_blocks[-1]] + sum(kept[:-1])
+        for stage, block_peaks in enumerate(self.earlier_stage_peaks or ()):
+            table, count = self.kept_bytes[stage], plan.stored_blocks[stage]
+            before = sum(kept[:stage])
+            for block, phase_peak in enumerate(block_peaks):
+                held = table[min(count, block + 1)]
+                peak = max(peak, phase_peak + before + held)
+        peak += self.optimizer_state_bytes
         return peak + (self.stem_bytes if plan.store_stem else 0)
 
     def recompute_seconds(self, plan: MemoryPlan) -> float:
@@ -302,6 +351,13 @@ def _store_heads(model: nn.Module, store: Optional[bool]) -> None:
 def apply_plan(model: nn.Module, backbone: nn.Module, plan: MemoryPlan):
     """Set ``plan`` on ``backbone`` and on ``model``'s planned heads.
 
+    Args:
+        model (nn.Module): The whole model; the heads of an
+            ``MRevNetEncoderDecoder`` that recomputes them store or
+            recompute as ``plan.store_heads`` says.
+        backbone (MRevNet): Its memory-saving backbone.
+        plan (MemoryPlan): The plan.
+
     Raises:
         ValueError: The plan does not match the model: a count per stage
             that the backbone refuses, or ``store_heads`` given (not None)
@@ -316,121 +372,6 @@ def apply_plan(model: nn.Module, backbone: nn.Module, plan: MemoryPlan):
         )
     backbone.set_plan(plan.stored_blocks, plan.store_stem)
     _store_heads(model, plan.store_heads)
-
-
-def cpu_step_peak(run: Callable[[], None]) -> int:
-    """Peak bytes the CPU allocator holds during ``run()`` above its start.
-
-    Replays the allocations and frees that :func:`torch.profiler.profile`
-    records with ``profile_memory=True``, in order; a free of memory
-    allocated before ``run`` is ignored. Reads the profiler's event tree
-    through ``kineto_results.experimental_event_tree()`` and
-    ``torch._C._profiler._EventType`` (torch has no public per-event
-    allocator record; ``tests/test_engine/test_memory_budget.py`` fails if
-    they change).
-    """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with profile(
-            activities=[ProfilerActivity.CPU], profile_memory=True
-        ) as prof:
-            run()
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    events = []
-    stack = list(
-        reversed(prof.profiler.kineto_results.experimental_event_tree())
-    )
-    while stack:
-        event = stack.pop()
-        if event.typed[0] == _EventType.Allocation:
-            fields = event.typed[1]
-            if fields.device.type == 'cpu':
-                events.append(
-                    (
-                        event.start_time_ns,
-                        len(events),
-                        fields.ptr,
-                        fields.alloc_size,
-                    )
-                )
-        stack.extend(reversed(event.children))
-    events.sort()
-    live: Dict[int, int] = {}
-    current = peak = 0
-    for _, _, ptr, size in events:
-        if size > 0:
-            live[ptr] = size
-            current += size
-            peak = max(peak, current)
-        else:
-            current -= live.pop(ptr, 0)
-    return peak
-
-
-def _storage_bytes(tensors) -> int:
-    seen = {}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
-
-
-def step_peak(
-    model: nn.Module,
-    run_step: Callable[[], None],
-    device: torch.device,
-    resident: Sequence[Tensor] = (),
-) -> int:
-    """Whole step peak in bytes: what the device holds at the worst moment.
-
-    Gradients are set to None before and after, as ``zero_grad`` does. On
-    the CPU, what is held before the step is counted as the parameters,
-    the buffers and ``resident`` (an optimizer's state).
-    """
-    model.zero_grad(set_to_none=True)
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        run_step()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        held = _storage_bytes(
-            itertools.chain(model.parameters(), model.buffers(), resident)
-        )
-        peak = held + cpu_step_peak(run_step)
-    model.zero_grad(set_to_none=True)
-    return peak
-
-
-def optimizer_state_bytes(optimizer: Optional[torch.optim.Optimizer]) -> int:
-    """Bytes the first ``step()`` of ``optimizer`` will allocate.
-
-    0 once the state exists (resumed, or after a step). SGD keeps one
-    buffer per parameter with momentum, none without; Adam-like
-    optimizers two (three with amsgrad); others are counted as two.
-    """
-    if optimizer is None or any(optimizer.state.values()):
-        return 0
-    total = 0
-    for group in optimizer.param_groups:
-        name = type(optimizer).__name__
-        if name == 'SGD':
-            buffers = 1 if group.get('momentum', 0) else 0
-        elif name in ('Adam', 'AdamW', 'NAdam', 'RAdam', 'Adamax'):
-            buffers = 3 if group.get('amsgrad', False) else 2
-        else:
-            buffers = 2
-        params = [p for p in group['params'] if p.requires_grad]
-        total += buffers * sum(p.numel() * p.element_size() for p in params)
-    return total
 
 
 class _SavedBytes:
@@ -456,18 +397,6 @@ class _SavedBytes:
 
     def __exit__(self, *exc):
         self._hooks.__exit__(*exc)
-
-
-def _optimizer_state(optimizer) -> List[Tensor]:
-    """The tensors an optimizer already holds (after a resume)."""
-    if optimizer is None:
-        return []
-    return [
-        value
-        for state in optimizer.state.values()
-        for value in state.values()
-        if isinstance(value, Tensor)
-    ]
 
 
 def _out_of_memory_as_inf(measure: Callable[[], int]) -> float:
@@ -513,6 +442,35 @@ def _median_seconds(
     return statistics.median(times)
 
 
+def _nested_units_seconds(model, heads, run_heads, head_inputs, device):
+    """Forward time of the units that a head's recomputation recomputes
+    once more in its own backward (``nested_units``, with
+    ``memory_saving_heads='head'`` and ``concat_free``)."""
+    from ..models.segmentors.encoder_decoder import nested_units
+
+    if not (model.concat_free and model.memory_saving_heads == 'head'):
+        return 0.0
+    units = [unit for head in heads for unit in nested_units(head)]
+    inputs = {}
+    handles = [
+        unit.register_forward_pre_hook(
+            lambda module, args: inputs.setdefault(module, args[0])
+        )
+        for unit in units
+    ]
+    try:
+        with torch.no_grad():
+            run_heads(head_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(
+        _median_seconds(unit, inputs[unit], device)
+        for unit in units
+        if unit in inputs
+    )
+
+
 def measure_plan_figures(
     model: nn.Module,
     backbone: nn.Module,
@@ -551,7 +509,7 @@ def measure_plan_figures(
         loss = forward_loss()
         loss.backward()
 
-    state = _optimizer_state(optimizer)
+    state = optimizer_state(optimizer)
     _store_heads(model, False if heads else None)
     if device.type == 'cuda':
         # cuDNN's autotuning (mmseg sets cudnn_benchmark) allocates its
@@ -559,26 +517,68 @@ def measure_plan_figures(
         backbone.set_plan((0,) * len(blocks), False)
         _out_of_memory_as_inf(lambda: step_peak(model, run_step, device))
 
+    # Marks split each step's peak into the backward phases of the
+    # earlier stages (all recomputed in these steps): the gradient of a
+    # stage's output starts its phase, the recomputation of each of its
+    # blocks (its forward under grad, in the backward) a block's.
+    marks = PhaseMarks(device)
+    marked: List[Tuple[int, int]] = []
+    earlier_peaks = [[0] * (count + 1) for count in blocks[:-1]]
+
+    def mark(label):
+        marked.append(label)
+        marks.mark()
+
+    def mark_stage(stage):
+        def hook(module, args, output):
+            if torch.is_grad_enabled() and output.requires_grad:
+                output.register_hook(lambda grad: mark((stage, blocks[stage])))
+
+        return hook
+
+    def mark_block(stage, block):
+        def hook(module, args):
+            # Blocks run in the forward too; only the backward has marks.
+            if marked and torch.is_grad_enabled():
+                mark((stage, block))
+
+        return hook
+
     def last_stage_peaks():
         peaks = []
         for kept in range(blocks[-1] + 1):
             backbone.set_plan((0,) * (len(blocks) - 1) + (kept,), False)
-            peak = _out_of_memory_as_inf(
-                lambda: step_peak(model, run_step, device, state)
+            marked.clear()
+            phases = _out_of_memory_as_inf(
+                lambda: step_phase_peaks(model, run_step, device, state, marks)
             )
-            peaks.append(peak)
-            if peak == math.inf:
-                return peaks + [math.inf] * (blocks[-1] - kept)
+            if phases == math.inf:
+                return peaks + [math.inf] * (blocks[-1] - kept + 1)
+            peaks.append(phases[0])
+            for (stage, block), peak in zip(marked, phases[1:]):
+                row = earlier_peaks[stage]
+                row[block] = max(row[block], peak)
         return peaks
 
-    last_peaks = last_stage_peaks()
-    stored_heads_peaks = None
-    if heads:
-        _store_heads(model, True)
-        try:
-            stored_heads_peaks = tuple(last_stage_peaks())
-        finally:
-            _store_heads(model, False)
+    handles = []
+    for index, layer in enumerate(layers[:-1]):
+        handles.append(layer.register_forward_hook(mark_stage(index)))
+        handles.extend(
+            block.register_forward_pre_hook(mark_block(index, position))
+            for position, block in enumerate(layer)
+        )
+    try:
+        last_peaks = last_stage_peaks()
+        stored_heads_peaks = None
+        if heads:
+            _store_heads(model, True)
+            try:
+                stored_heads_peaks = tuple(last_stage_peaks())
+            finally:
+                _store_heads(model, False)
+    finally:
+        for handle in handles:
+            handle.remove()
 
     def saved_bytes(stored_blocks, store_stem):
         backbone.set_plan(stored_blocks, store_stem)
@@ -604,7 +604,9 @@ def measure_plan_figures(
     features = []
     handles.append(
         backbone.register_forward_hook(
-            lambda module, args, output: features.append(output)
+            lambda module, args, output: features.append(
+                tuple(feature.detach() for feature in output)
+            )
         )
     )
     for index, layer in enumerate(layers):
@@ -662,6 +664,9 @@ def measure_plan_figures(
 
         with context():
             heads_seconds = _median_seconds(run_heads, head_inputs, device)
+            heads_seconds += _nested_units_seconds(
+                model, heads, run_heads, head_inputs, device
+            )
     return PlanFigures(
         last_stage_peaks=tuple(last_peaks),
         kept_bytes=tuple(kept_bytes),
@@ -672,32 +677,8 @@ def measure_plan_figures(
         shape=tuple(inputs[(0, -1)].shape),
         stored_heads_peaks=stored_heads_peaks,
         heads_seconds=heads_seconds,
+        earlier_stage_peaks=tuple(tuple(row) for row in earlier_peaks),
     )
-
-
-def device_memory(
-    device: torch.device, held_bytes: int = 0
-) -> Tuple[int, int]:
-    """``(total, available)`` bytes of ``device`` for this process.
-
-    Available: what the device has free plus what this process holds
-    already and counts in its step peaks (on CUDA the caching
-    allocator's reserved memory; on the CPU ``held_bytes``). The host's
-    RAM (``MemAvailable``) stands for the CPU's.
-    """
-    if device.type == 'cuda':
-        free, total = torch.cuda.mem_get_info(device)
-        return int(total), int(free + torch.cuda.memory_reserved(device))
-    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-    free = total
-    try:
-        with open('/proc/meminfo') as meminfo:
-            for line in meminfo:
-                if line.startswith('MemAvailable:'):
-                    free = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(total), int(free + held_bytes)
 
 
 class _TrainingStateRestored:
@@ -792,7 +773,7 @@ def plan_for_memory_budget(
 
                 measured = _out_of_memory_as_inf(
                     lambda: step_peak(
-                        model, run_step, device, _optimizer_state(optimizer)
+                        model, run_step, device, optimizer_state(optimizer)
                     )
                 )
                 choice = dataclasses.replace(
@@ -845,14 +826,8 @@ class MRevNetMemoryBudgetHook(Hook):
         model = _unwrap(runner.model)
         backbone = _memory_budget_backbone(model)
         if backbone is not None and not backbone.plan_pending:
-            plan = _plan_of(model, backbone)
-            saved = dict(
-                stored_blocks=list(plan.stored_blocks),
-                store_stem=plan.store_stem,
-            )
-            if plan.store_heads is not None:
-                saved['store_heads'] = plan.store_heads
-            checkpoint.setdefault('meta', {})['memory_plan'] = saved
+            plan = _plan_of(model, backbone).as_dict()
+            checkpoint.setdefault('meta', {})['memory_plan'] = plan
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None):
         if self._planned:
@@ -865,7 +840,9 @@ class MRevNetMemoryBudgetHook(Hook):
         if runner.iter > 0 and self._saved_plan is not None:
             plan = self._saved_plan
             try:
-                store_heads = plan.get('store_heads')
+                # A plan saved before the heads were planned leaves them
+                # as the model is built.
+                store_heads = plan.get('store_heads', _heads_stored(model))
                 if not (store_heads is None or isinstance(store_heads, bool)):
                     raise ValueError(f'store_heads={store_heads!r}')
                 apply_plan(
@@ -897,11 +874,11 @@ class MRevNetMemoryBudgetHook(Hook):
         device = next(model.parameters()).device
         wrapper = runner.optim_wrapper
         optimizer = getattr(wrapper, 'optimizer', None)
-        held = _storage_bytes(
+        held = storage_bytes(
             itertools.chain(
                 model.parameters(),
                 model.buffers(),
-                _optimizer_state(optimizer),
+                optimizer_state(optimizer),
             )
         )
         total, available = device_memory(device, held)
@@ -968,15 +945,20 @@ class MRevNetMemoryBudgetHook(Hook):
             measured = mib(choice.measured_peak_bytes)
         forwards = 2 + sum(len(t) - 1 for t in figures.kept_bytes)
         steps = len(figures.last_stage_peaks) + 1
+        timed = ['blocks']
+        if figures.stem_seconds:
+            timed.insert(0, 'stem')
         if figures.heads_planned:
             steps += len(figures.stored_heads_peaks)
+            timed.append('heads')
         lines = [
             f'memory_budget={backbone.memory_budget.text}: '
             f'{mib(choice.budget_bytes)} on {device} (total {mib(total)}, '
             f'available {mib(available)}); planned at input shape '
             f'{figures.shape} in {seconds:.1f} s '
             f'({steps} training steps, '
-            f'{forwards} counted forwards, timed block forwards)',
+            f'{forwards} counted forwards, timed forwards of '
+            f'{", ".join(timed)})',
             f'memory plan: {_describe(choice.plan)}; whole step peak '
             f'predicted {mib(choice.predicted_peak_bytes)}, measured '
             f'{measured} (one step with the plan; both include the '

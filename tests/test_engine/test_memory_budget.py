@@ -1,6 +1,7 @@
 """``memory_budget``: parsing, planning on the whole segmentor, the hook."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -17,9 +18,7 @@ from mmrevnet.engine.memory_budget import (
     PlanFigures,
     apply_plan,
     choose_plan,
-    cpu_step_peak,
     measure_plan_figures,
-    optimizer_state_bytes,
     plan_for_memory_budget,
 )
 from mmrevnet.models import MRevNetV1c
@@ -81,27 +80,6 @@ def test_unplanned_budget_refuses_to_train_but_evaluates():
     backbone.train()(x)
 
 
-def test_cpu_step_peak_replays_the_allocator():
-    def run():
-        a = torch.empty(MIB, dtype=torch.uint8)
-        b = torch.empty(2 * MIB, dtype=torch.uint8)
-        del a, b
-        torch.empty(MIB, dtype=torch.uint8)
-
-    assert cpu_step_peak(run) == 3 * MIB
-
-
-def test_optimizer_state_bytes():
-    params = [torch.nn.Parameter(torch.zeros(10))]  # 40 bytes
-    assert optimizer_state_bytes(torch.optim.SGD(params, lr=1)) == 0
-    sgd = torch.optim.SGD(params, lr=1, momentum=0.9)
-    assert optimizer_state_bytes(sgd) == 40
-    assert optimizer_state_bytes(torch.optim.AdamW(params)) == 80
-    params[0].grad = torch.ones(10)
-    sgd.step()
-    assert optimizer_state_bytes(sgd) == 0  # allocated already
-
-
 NUM_CLASSES = 5
 
 
@@ -141,6 +119,36 @@ def test_prediction_and_cost_terms_of_stem_blocks_and_heads():
     assert {p.store_heads for p in plain.plans()} == {None}
     assert plain.floor() == MemoryPlan((0, 0), False, None)
     assert plain.recompute_seconds(plain.floor()) == 3.25
+
+
+def test_prediction_holds_kept_blocks_only_until_their_stage_backward():
+    """Stage 0 has three blocks; its backward phases were measured."""
+    figures = PlanFigures(
+        last_stage_peaks=(100, 110),
+        kept_bytes=((0, 5, 9, 12), (0, 7)),
+        stem_bytes=3,
+        block_seconds=((1.0, 0.5), (2.0, 0.0)),
+        stem_seconds=0.25,
+        optimizer_state_bytes=10,
+        shape=(1, 3, 8, 8),
+        # blocks 0, 1, 2, then from the gradient of the stage's output
+        earlier_stage_peaks=((140, 120, 104, 100),),
+    )
+    # Floor: the last phase of stage 0 (block 0, 140) holds the most.
+    assert figures.predict_peak(MemoryPlan((0, 0), False)) == 140 + 10
+    # Keeping stage 0 entirely: 110 + 12 until the last stage is done,
+    # then block 2's phase holds 104 + 12 and block 0's 140 + 5.
+    assert figures.predict_peak(MemoryPlan((3, 1), False)) == 145 + 10
+    # Keeping one block: held through the recomputed blocks' phases
+    # (104 + 5, 120 + 5) and block 0's own (140 + 5).
+    assert figures.predict_peak(MemoryPlan((1, 0), False)) == 145 + 10
+    assert (
+        figures.predict_peak(MemoryPlan((2, 1), True))
+        == max(110 + 9, 104 + 9, 120 + 9, 140 + 5) + 10 + 3
+    )
+    # Without phases the last stage's peaks are whole step peaks.
+    whole = dataclasses.replace(figures, earlier_stage_peaks=None)
+    assert whole.predict_peak(MemoryPlan((3, 1), False)) == 110 + 12 + 10
 
 
 SHAPE = (2, 3, 64, 96)
@@ -466,7 +474,6 @@ class _Runner:
     [
         dict(stored_blocks=[9, 0, 0, 0], store_stem=False),
         dict(stored_blocks=[1, 1]),
-        dict(stored_blocks=[1, 1, 1, 1], store_stem=False),
         dict(stored_blocks=[1, 1, 1, 1], store_stem=False, store_heads=1),
         'everything',
     ],
@@ -492,6 +499,19 @@ def test_a_saved_plan_is_reapplied_on_resume():
     saved = dict(meta={})
     hook.before_save_checkpoint(_Runner(model, 6), saved)
     assert saved['meta']['memory_plan'] == plan
+
+
+def test_a_plan_saved_before_heads_were_planned_leaves_them_as_built():
+    model = _segmentor(memory_budget='1GiB')
+    hook = MRevNetMemoryBudgetHook()
+    plan = dict(stored_blocks=[1, 1, 1, 1], store_stem=False)
+    hook.after_load_checkpoint(None, dict(meta=dict(memory_plan=plan)))
+    hook.before_train_iter(_Runner(model, 5), 0)
+    assert model.backbone.stored_blocks == (1, 1, 1, 1)
+    assert all(is_memory_saving(h) for h in _heads(model))
+    saved = dict(meta={})
+    hook.before_save_checkpoint(_Runner(model, 6), saved)
+    assert saved['meta']['memory_plan'] == dict(plan, store_heads=False)
 
 
 def test_block_timings_reach_blocks_that_run_by_chunks(monkeypatch):

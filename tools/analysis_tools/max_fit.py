@@ -41,7 +41,6 @@ Example:
 """
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -56,10 +55,11 @@ import torch  # noqa: E402
 
 import mmrevnet  # noqa: E402,F401  (registers the models)
 from benchmarks.variants import (  # noqa: E402
+    build_with_optimizer,
     load_config,
     variant_model,
 )
-from mmrevnet.engine.memory_budget import (  # noqa: E402
+from mmrevnet.engine.step_memory import (  # noqa: E402
     optimizer_state_bytes,
 )
 from mmrevnet.models.utils.memory_budget import (  # noqa: E402
@@ -133,20 +133,12 @@ def measure_peak(
     (:func:`benchmarks.memory.step_peak`). Their sum bounds the whole
     step peak from above (not every gradient exists at the peak).
     """
-    from mmengine.registry import OPTIMIZERS, init_default_scope
-    from mmseg.registry import MODELS
-
     from benchmarks.benchmark import _checkpoint_heads, make_step
     from benchmarks.memory import step_peak
 
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    model = MODELS.build(copy.deepcopy(model_cfg)).to(device).train()
+    model, optimizer = build_with_optimizer(model_cfg, optimizer_cfg, device)
     if checkpoint_heads:
         _checkpoint_heads(model)
-    optimizer = OPTIMIZERS.build(
-        dict(optimizer_cfg, params=model.parameters())
-    )
     classes = model.decode_head.num_classes
     forward = make_step(model, batch, crop, device, num_classes=classes)
     activations = step_peak(model, forward, device=torch.device(device))
@@ -271,7 +263,7 @@ def verify(
     cfg, optimizer_cfg, row, memories, crop, device, heads=False
 ) -> Dict:
     """Measured peaks at the predicted largest batches the machine holds."""
-    from mmrevnet.engine.memory_budget import device_memory
+    from mmrevnet.engine.step_memory import device_memory
 
     _, free = device_memory(torch.device(device))
     out = {}

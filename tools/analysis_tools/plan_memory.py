@@ -55,9 +55,9 @@ def main(argv=None):
     )
     from mmrevnet.engine.memory_budget import (
         MemoryBudgetError,
-        device_memory,
         plan_for_memory_budget,
     )
+    from mmrevnet.engine.step_memory import device_memory
 
     args = parse_args(argv)
     if args.threads:
