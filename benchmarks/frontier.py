@@ -286,7 +286,8 @@ def run_frontier(
             counted_forwards=2 + sum(len(t) - 1 for t in figures.kept_bytes),
             last_stage_peaks_mib=[p / MIB for p in figures.last_stage_peaks],
             earlier_stage_peaks_mib=[
-                p / MIB for p in figures.earlier_stage_peaks or ()
+                [p / MIB for p in stage]
+                for stage in figures.earlier_stage_peaks or ()
             ],
             stored_heads_peaks_mib=None
             if figures.stored_heads_peaks is None

@@ -204,26 +204,25 @@ RESULTS: Dict[str, Result] = {
             'docs/benchmark/frontier/frontier.md',
             'docs/benchmark/frontier/frontier.png',
         ),
-        # One process per config (one thread each), side by side on the
-        # two cores, then merged. PSPNet-101 at 128x256: at 256x512 its
-        # process (15 GB) was killed for memory beside the other runs.
-        command='('
-        + ' & '.join(
+        # One process per config, one thread each; each ran beside one
+        # other job on the two cores (the README's frontier section).
+        command=' && '.join(
             f'python tools/analysis_tools/frontier.py configs/{config}_'
-            f'4xb2-80k_cityscapes-512x1024.py{size} --out-dir '
+            f'4xb2-80k_cityscapes-512x1024.py --out-dir '
             f'work_dirs/frontier_{name}'
-            for name, config, size in (
-                ('pspnet', 'pspnet/pspnet_mrevnet101-d8', ' --size 128 256'),
-                ('upernet', 'upernet/upernet_mrevnet50', ''),
+            for name, config in (
+                ('pspnet', 'pspnet/pspnet_mrevnet101-d8'),
+                ('upernet', 'upernet/upernet_mrevnet50'),
             )
         )
-        + ' & wait) && python tools/analysis_tools/frontier.py --from-json '
+        + ' && python tools/analysis_tools/frontier.py --from-json '
         'work_dirs/frontier_pspnet/frontier.json '
         'work_dirs/frontier_upernet/frontier.json '
         '--out-dir docs/benchmark/frontier',
         sources=_MODELS
         + (
             'mmrevnet/engine/memory_budget.py',
+            'mmrevnet/engine/step_memory.py',
             'benchmarks/benchmark.py',
             'benchmarks/frontier.py',
             'benchmarks/variants.py',
@@ -288,7 +287,7 @@ RESULTS: Dict[str, Result] = {
         + (
             'benchmarks/memory.py',
             'benchmarks/benchmark.py',
-            'mmrevnet/engine/memory_budget.py',
+            'mmrevnet/engine/step_memory.py',
             'benchmarks/variants.py',
             'tools/analysis_tools/max_fit.py',
         ),

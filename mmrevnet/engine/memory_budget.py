@@ -17,11 +17,14 @@ config trains in mixed precision):
 * the whole step peak of the plans that keep ``k = 0 .. n`` blocks of the
   last stage and nothing else (``n + 1`` steps; 4 for the ResNet
   layouts), and again with the heads stored where they are part of the
-  plan (an ``MRevNetEncoderDecoder`` that recomputes its heads). On
-  CUDA the allocator's peak (``max_memory_allocated``, all the device
-  memory torch holds, so parameters and gradients included);
-  on the CPU the allocator's events of the step replayed from the
-  profiler plus the parameters and buffers (:mod:`.step_memory`);
+  plan (an ``MRevNetEncoderDecoder`` that recomputes its heads), split
+  into phases (:class:`~.step_memory.PhaseMarks`): until the end of the
+  last stage's backward, then the backward of each earlier block (its
+  recomputation starts it). On CUDA the allocator's peak
+  (``max_memory_allocated``, all the device memory torch holds, so
+  parameters and gradients included); on the CPU the allocator's events
+  of the step replayed from the profiler plus the parameters and buffers
+  (:mod:`.step_memory`);
 * forwards under saved-tensor hooks (one per stage and count ``k``, one
   for the stem, one for the floor): the bytes that keeping the first
   ``k`` blocks of a stage, or the stem, adds to what the step saves for
@@ -30,16 +33,17 @@ config trains in mixed precision):
   the planned heads (a kept block, or stored heads, save about one
   forward of recomputation).
 
-Predicted peak of a plan: the measured peak of its last-stage count (with
-its heads' setting), plus
-the saved bytes of its other kept blocks and stem, plus the optimizer
-state the first ``optimizer.step()`` will allocate. The backward runs the
-heads and the last stage first, while everything kept by earlier stages is
-alive, and a kept block never adds more than what it saves to any moment
-of the step, so this is an upper bound; it is tight while the peak lies
-in the heads' or the last stage's backward. Every plan is enumerated (3840
-for depth 101, twice as many with the heads), so the choice is exact for
-the figures and deterministic given them.
+Predicted peak of a plan (:meth:`PlanFigures.predict_peak`): the largest
+of its phases, each the measured peak of that phase plus the saved bytes
+of what the plan keeps and is still alive then, plus the optimizer state
+the first ``optimizer.step()`` will allocate. Until the end of the last
+stage's backward (the heads and the last stage first) everything kept by
+earlier stages is alive; in an earlier stage's backward, what it keeps
+up to the block being differentiated and what the stages before it keep.
+A kept block adds no more than what it saves to any moment of the step,
+so this is an upper bound. Every plan is enumerated (3840 for depth 101,
+twice as many with the heads), so the choice is exact for the figures
+and deterministic given them.
 
 Planning runs a few steps and forwards and changes nothing that training
 sees: BN running statistics, the random number generators and the
@@ -375,13 +379,21 @@ def apply_plan(model: nn.Module, backbone: nn.Module, plan: MemoryPlan):
 
 
 class _SavedBytes:
-    """Bytes of distinct storages saved for backward, while active."""
+    """Bytes of distinct storages saved for backward, while active.
+
+    For forwards that are counted, never differentiated: the graph keeps
+    each saved tensor's storage alive (so no address is counted twice)
+    through a detached view. The tensor itself would form, for an output
+    its own node saves, a reference cycle through autograd's C++ graph
+    that Python's garbage collector cannot see, and every counted forward
+    would stay in memory.
+    """
 
     def __init__(self, exclude):
         self.bytes = 0
         self._seen = {p.untyped_storage().data_ptr() for p in exclude}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(
-            self._pack, lambda tensor: tensor
+            self._pack, _not_differentiated
         )
 
     def _pack(self, tensor: Tensor) -> Tensor:
@@ -389,7 +401,7 @@ class _SavedBytes:
         if storage.data_ptr() not in self._seen:
             self._seen.add(storage.data_ptr())
             self.bytes += storage.nbytes()
-        return tensor
+        return tensor.detach()
 
     def __enter__(self):
         self._hooks.__enter__()
@@ -397,6 +409,12 @@ class _SavedBytes:
 
     def __exit__(self, *exc):
         self._hooks.__exit__(*exc)
+
+
+def _not_differentiated(packed: Tensor) -> Tensor:
+    raise RuntimeError(
+        'a forward counted for its saved bytes is not differentiated'
+    )
 
 
 def _out_of_memory_as_inf(measure: Callable[[], int]) -> float:
@@ -958,7 +976,7 @@ class MRevNetMemoryBudgetHook(Hook):
             f'{figures.shape} in {seconds:.1f} s '
             f'({steps} training steps, '
             f'{forwards} counted forwards, timed forwards of '
-            f'{", ".join(timed)})',
+            f'{_listed(timed)})',
             f'memory plan: {_describe(choice.plan)}; whole step peak '
             f'predicted {mib(choice.predicted_peak_bytes)}, measured '
             f'{measured} (one step with the plan; both include the '
@@ -990,6 +1008,12 @@ class MRevNetMemoryBudgetHook(Hook):
                 logger='current',
                 level=logging.WARNING,
             )
+
+
+def _listed(words: List[str]) -> str:
+    if len(words) < 2:
+        return ''.join(words)
+    return ', '.join(words[:-1]) + ' and ' + words[-1]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

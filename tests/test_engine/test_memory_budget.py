@@ -2,6 +2,8 @@
 
 import copy
 import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
@@ -534,3 +536,25 @@ def test_block_timings_reach_blocks_that_run_by_chunks(monkeypatch):
     )
     assert all(t > 0 for stage in figures.block_seconds for t in stage)
     assert figures.stored_heads_peaks is None
+
+
+def test_counted_forwards_do_not_keep_their_graph():
+    """A ReLU saves its own output: packing that tensor itself would make
+    a cycle through autograd's graph that the garbage collector cannot
+    free, and every counted forward of the planner would stay in memory.
+    """
+    from mmrevnet.engine.memory_budget import _SavedBytes
+
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with _SavedBytes(layer.parameters()) as counter:
+        out = layer(torch.randn(2, 4))
+    # The input of the linear layer and the ReLU's output.
+    assert counter.bytes == 2 * 2 * 4 * 4
+    alive = weakref.ref(out)
+    del out
+    gc.collect()
+    assert alive() is None
+    with _SavedBytes(layer.parameters()):
+        loss = layer(torch.randn(2, 4)).sum()
+    with pytest.raises(RuntimeError, match='not differentiated'):
+        loss.backward()
