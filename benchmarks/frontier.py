@@ -428,8 +428,8 @@ def markdown(results: List[Dict]) -> str:
             "with_cp's step peak): "
             f'{planning["seconds"]:.1f} s on this CPU '
             f'({planning["training_steps"]} training steps, '
-            f'{planning["counted_forwards"]} counted forwards, timed block '
-            f'and head forwards); plan {planning["plan"]}, predicted '
+            f'{planning["counted_forwards"]} counted forwards, timed stem, '
+            f'block and head forwards); plan {planning["plan"]}, predicted '
             f'{planning["predicted_peak_mib"]:.1f} MiB, measured '
             f'{planning["measured_peak_mib"]:.1f} MiB.',
             '',

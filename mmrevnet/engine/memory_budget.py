@@ -61,7 +61,7 @@ import logging
 import math
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.hooks import Hook
@@ -162,7 +162,9 @@ class PlanFigures:
             block ``b`` is recomputed and differentiated (until the next
             block's, or the stage before's, or the end of the step), at
             index ``n`` from the gradient of its output to its last
-            block's. None: the last stage's peaks are whole step peaks.
+            block's; 0 where nothing was marked (a Bottleneck stage's
+            block 0, whose backward falls in block 1's phase; frozen
+            stages). None: the last stage's peaks are whole step peaks.
     """
 
     last_stage_peaks: Tuple[int, ...]
@@ -174,7 +176,7 @@ class PlanFigures:
     shape: Tuple[int, ...]
     stored_heads_peaks: Optional[Tuple[int, ...]] = None
     heads_seconds: float = 0.0
-    earlier_stage_peaks: Optional[Tuple[int, ...]] = None
+    earlier_stage_peaks: Optional[Tuple[Tuple[int, ...], ...]] = None
 
     @property
     def heads_planned(self) -> bool:
@@ -223,6 +225,9 @@ class PlanFigures:
             table, count = self.kept_bytes[stage], plan.stored_blocks[stage]
             before = sum(kept[:stage])
             for block, phase_peak in enumerate(block_peaks):
+                # Block ``block`` itself is counted too: the floor
+                # recomputes it by channel chunks, holding less than
+                # keeping it saves.
                 held = table[min(count, block + 1)]
                 peak = max(peak, phase_peak + before + held)
         peak += self.optimizer_state_bytes
@@ -417,7 +422,8 @@ def _not_differentiated(packed: Tensor) -> Tensor:
     )
 
 
-def _out_of_memory_as_inf(measure: Callable[[], int]) -> float:
+def _out_of_memory_as_inf(measure: Callable[[], Any]) -> Any:
+    """``measure()``, or ``math.inf`` where it ran out of device memory."""
     try:
         return measure()
     except torch.cuda.OutOfMemoryError:
@@ -538,7 +544,9 @@ def measure_plan_figures(
     # Marks split each step's peak into the backward phases of the
     # earlier stages (all recomputed in these steps): the gradient of a
     # stage's output starts its phase, the recomputation of each of its
-    # blocks (its forward under grad, in the backward) a block's.
+    # blocks (its forward under grad, in the backward) a block's. A
+    # Bottleneck transition block recomputes by channel chunks without
+    # calling its module: its backward falls in block 1's phase.
     marks = PhaseMarks(device)
     marked: List[Tuple[int, int]] = []
     earlier_peaks = [[0] * (count + 1) for count in blocks[:-1]]
@@ -562,7 +570,9 @@ def measure_plan_figures(
 
         return hook
 
-    def last_stage_peaks():
+    def measure_last_stage():
+        """Peaks until the end of the last stage's backward, per count of
+        its kept blocks; the earlier phases' go to ``earlier_peaks``."""
         peaks = []
         for kept in range(blocks[-1] + 1):
             backbone.set_plan((0,) * (len(blocks) - 1) + (kept,), False)
@@ -572,6 +582,12 @@ def measure_plan_figures(
             )
             if phases == math.inf:
                 return peaks + [math.inf] * (blocks[-1] - kept + 1)
+            if len(phases) != len(marked) + 1:
+                # Marks lost or doubled: the whole step's peak stands for
+                # the first phase, which the prediction adds every kept
+                # block to (the bound without phases).
+                phases = (max(phases),)
+                marked.clear()
             peaks.append(phases[0])
             for (stage, block), peak in zip(marked, phases[1:]):
                 row = earlier_peaks[stage]
@@ -586,12 +602,12 @@ def measure_plan_figures(
             for position, block in enumerate(layer)
         )
     try:
-        last_peaks = last_stage_peaks()
+        last_peaks = measure_last_stage()
         stored_heads_peaks = None
         if heads:
             _store_heads(model, True)
             try:
-                stored_heads_peaks = tuple(last_stage_peaks())
+                stored_heads_peaks = tuple(measure_last_stage())
             finally:
                 _store_heads(model, False)
     finally:

@@ -35,11 +35,12 @@ PHASE_MARK = 'mmrevnet::step_phase'
 
 
 class PhaseMarks:
-    """Marks set from inside a step (e.g. by tensor hooks in the backward)
-    that split its peak into phases (:func:`step_phase_peaks`).
+    """Marks that split a step's peak into phases (:func:`step_phase_peaks`).
 
-    On the CPU a mark is an empty profiler range, ordered with the
-    allocator's events; on CUDA it reads and resets the allocator's peak.
+    The step sets them from inside, e.g. from tensor hooks in its
+    backward. On the CPU a mark is an empty profiler range, ordered with
+    the allocator's events; on CUDA it reads and resets the allocator's
+    peak.
 
     Args:
         device (torch.device): The device the step runs on.
@@ -61,11 +62,19 @@ class PhaseMarks:
             with torch.profiler.record_function(PHASE_MARK):
                 pass
 
+    def begin(self) -> None:
+        """Start recording a step's phases (CUDA; a no-op on the CPU)."""
+        self._cuda_peaks = []
+
+    def end(self) -> List[int]:
+        """Stop recording; the CUDA peaks of the phases ended by marks."""
+        peaks, self._cuda_peaks = self._cuda_peaks or [], None
+        return peaks
+
 
 def cpu_phase_peaks(run: Callable[[], None]) -> Tuple[int, ...]:
     """Peak bytes the CPU allocator holds during ``run()`` above its start,
-    per phase: one peak for each stretch between :class:`PhaseMarks`
-    marks (one in all without marks).
+    per phase.
 
     Replays the allocations and frees that :func:`torch.profiler.profile`
     records with ``profile_memory=True``, in order; a free of memory
@@ -74,6 +83,14 @@ def cpu_phase_peaks(run: Callable[[], None]) -> Tuple[int, ...]:
     ``torch._C._profiler._EventType`` (torch has no public per-event
     allocator record; ``tests/test_engine/test_step_memory.py`` fails if
     they change).
+
+    Args:
+        run (Callable[[], None]): The step; it may set
+            :class:`PhaseMarks` marks.
+
+    Returns:
+        tuple[int]: One peak per stretch between marks (one without
+        marks); a phase starts from what is held at its mark.
     """
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
@@ -147,13 +164,23 @@ def step_phase_peaks(
     resident: Sequence[Tensor] = (),
     marks: Optional[PhaseMarks] = None,
 ) -> Tuple[int, ...]:
-    """Whole step peak in bytes per phase: what the device holds at the
-    worst moment of each stretch between the marks ``run_step`` sets on
-    ``marks`` (one phase without marks).
+    """Whole step peak in bytes, per phase of the step.
 
-    Gradients are set to None before and after, as ``zero_grad`` does. On
-    the CPU, what is held before the step is counted as the parameters,
-    the buffers and ``resident`` (an optimizer's state).
+    Gradients are set to None before and after, as ``zero_grad`` does.
+
+    Args:
+        model (nn.Module): The model the step trains.
+        run_step (Callable[[], None]): One forward and backward.
+        device (torch.device): Where it runs.
+        resident (Sequence[Tensor]): Tensors held before the step besides
+            the parameters and buffers (an optimizer's state), counted on
+            the CPU (CUDA's allocator counts them itself). Defaults to ().
+        marks (PhaseMarks, optional): The marks ``run_step`` sets.
+            Defaults to None (one phase).
+
+    Returns:
+        tuple[int]: What the device holds at the worst moment of each
+        stretch between marks.
     """
     model.zero_grad(set_to_none=True)
     gc.collect()
@@ -161,16 +188,13 @@ def step_phase_peaks(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         if marks is not None:
-            marks._cuda_peaks = []
+            marks.begin()
         try:
             run_step()
             torch.cuda.synchronize(device)
-            peaks = [torch.cuda.max_memory_allocated(device)]
-            if marks is not None:
-                peaks = marks._cuda_peaks + peaks
         finally:
-            if marks is not None:
-                marks._cuda_peaks = None
+            ended = [] if marks is None else marks.end()
+        peaks = ended + [torch.cuda.max_memory_allocated(device)]
     else:
         held = storage_bytes(
             itertools.chain(model.parameters(), model.buffers(), resident)

@@ -23,6 +23,7 @@ from mmrevnet.engine.memory_budget import (
     measure_plan_figures,
     plan_for_memory_budget,
 )
+from mmrevnet.engine.step_memory import optimizer_state, step_peak
 from mmrevnet.models import MRevNetV1c
 from mmrevnet.models.memory_saving.heads import is_memory_saving
 from mmrevnet.models.segmentors.encoder_decoder import _heads
@@ -274,6 +275,30 @@ def test_planned_peaks_fit_and_are_predicted_within_3_percent(planned):
         error = abs(choice.predicted_peak_bytes - measured) / measured
         assert error <= MAX_PREDICTION_ERROR, (choice, error)
     assert len(chosen) == 3  # the three budgets choose three plans
+
+
+def test_backward_phases_of_every_earlier_block_are_measured(planned):
+    """Depth 18: every block of stages 0-2 marks its backward phase (a
+    BasicBlock transition recomputes through its module); the phases
+    together hold the floor's whole step peak."""
+    model, optimizer, batch, _, figures = planned
+    assert len(figures.earlier_stage_peaks) == 3
+    assert all(
+        len(row) == 3 and all(peak > 0 for peak in row)
+        for row in figures.earlier_stage_peaks
+    )
+    apply_plan(model, model.backbone, figures.floor())
+    whole = step_peak(
+        model,
+        lambda: _forward_loss(model, batch)().backward(),
+        torch.device('cpu'),
+        optimizer_state(optimizer),
+    )
+    phases = max(
+        figures.last_stage_peaks[0],
+        *(max(row) for row in figures.earlier_stage_peaks),
+    )
+    assert phases == pytest.approx(whole, rel=1e-4)
 
 
 def test_no_fitting_plan_raises_with_the_smallest_peak_and_remedies(planned):
@@ -536,6 +561,9 @@ def test_block_timings_reach_blocks_that_run_by_chunks(monkeypatch):
     )
     assert all(t > 0 for stage in figures.block_seconds for t in stage)
     assert figures.stored_heads_peaks is None
+    # The chunked transition blocks mark no phase of their own.
+    for row in figures.earlier_stage_peaks:
+        assert row[0] == 0 and all(peak > 0 for peak in row[1:])
 
 
 def test_counted_forwards_do_not_keep_their_graph():
