@@ -19,8 +19,12 @@ from benchmarks.benchmark import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-#: The grid of the command-line run, measured once more in this process.
-GRID = dict(depths=(50,), heads=('backbone', 'pspnet'), size=(64, 64))
+#: The grid of the command-line run, measured once more in this process:
+#: one (depth, head) group, the backbone inside a whole PSPNet (the
+#: backbone alone: tests/test_models/test_backbones/test_mrevnet.py).
+GRID = dict(depths=(50,), heads=('pspnet',), size=(64, 64))
+#: Rows per (depth, head) group: one per variant.
+VARIANTS = 4
 
 
 @pytest.fixture(scope='module')
@@ -62,8 +66,8 @@ def test_memory_rows_are_deterministic_and_ordered(tool_run):
     again = json.loads((tool_run / 'benchmark.json').read_text())['rows']
     for key in ('activation_mib', 'step_peak_mib', 'step_grad_mib'):
         assert [r[key] for r in rows] == [r[key] for r in again]
-    assert len(rows) == 8
-    for head in ('backbone', 'pspnet'):
+    assert len(rows) == VARIANTS * len(GRID['heads'])
+    for head in GRID['heads']:
         mem = {
             r['variant']: r['activation_mib']
             for r in rows
@@ -112,7 +116,7 @@ def test_peak_comparison_table():
 def test_benchmark_tool_writes_rows_with_time_ratios(tool_run):
     result = json.loads((tool_run / 'benchmark.json').read_text())
     rows = result['rows']
-    assert len(rows) == 8
+    assert len(rows) == VARIANTS * len(GRID['heads'])
     assert all(r['step_peak_mib'] > 0 for r in rows)
     for head in GRID['heads']:
         base = [
