@@ -21,6 +21,7 @@ def test_plans_the_whole_segmentor_and_names_the_config_keys(tmp_path, capsys):
     assert record['store_stem'] is True and record['store_heads'] is True
     assert record['budget_mib'] == 1024
     assert record['measured_peak_mib'] <= record['predicted_peak_mib']
+    assert record['predicted_peak_mib'] <= record['budget_mib']
     assert json.loads(out.read_text()) == record
     printed = capsys.readouterr().out
     assert 'stored_blocks=(3, 4, 6, 3), store_stem=True' in printed
