@@ -315,14 +315,14 @@ def _planned_heads(model: nn.Module) -> List[nn.Module]:
     built to recompute them (``memory_saving_heads`` not None)."""
     from ..models.segmentors.encoder_decoder import (
         MRevNetEncoderDecoder,
-        _heads,
+        segmentor_heads,
     )
 
     if (
         isinstance(model, MRevNetEncoderDecoder)
         and model.memory_saving_heads is not None
     ):
-        return _heads(model)
+        return segmentor_heads(model)
     return []
 
 

@@ -26,7 +26,7 @@ from mmrevnet.engine.memory_budget import (
 from mmrevnet.engine.step_memory import optimizer_state, step_peak
 from mmrevnet.models import MRevNetV1c
 from mmrevnet.models.memory_saving.heads import is_memory_saving
-from mmrevnet.models.segmentors.encoder_decoder import _heads
+from mmrevnet.models.segmentors.encoder_decoder import segmentor_heads
 from mmrevnet.models.utils.memory_budget import parse_memory_budget
 from tools.cli.config import build_train_config, sync_bn_to_bn
 from tools.dataset_converters.generators.synthetic import generate_cityscapes
@@ -231,7 +231,7 @@ def test_a_budget_that_holds_everything_keeps_everything(planned):
     assert choice.recompute_seconds == 0.0 < choice.floor_recompute_seconds
     assert not model.backbone.plan_pending
     assert model.backbone.stored_blocks == (2, 2, 2, 2)
-    assert not any(is_memory_saving(h) for h in _heads(model))
+    assert not any(is_memory_saving(h) for h in segmentor_heads(model))
     assert figures.shape == SHAPE
     # The heads' forward is what their recomputation costs; their stored
     # peaks are measured for every count of the last stage.
@@ -305,7 +305,7 @@ def test_no_fitting_plan_raises_with_the_smallest_peak_and_remedies(planned):
     model, optimizer, batch, _, figures = planned
     floor = figures.predict_peak(figures.floor())
     plan = (model.backbone.stored_blocks, model.backbone.store_stem)
-    heads_stored = not any(is_memory_saving(h) for h in _heads(model))
+    heads_stored = not any(is_memory_saving(h) for h in segmentor_heads(model))
     with pytest.raises(MemoryBudgetError) as error:
         plan_for_memory_budget(
             model,
@@ -321,7 +321,7 @@ def test_no_fitting_plan_raises_with_the_smallest_peak_and_remedies(planned):
     # The model keeps the plan it had, nothing half-applied.
     assert (model.backbone.stored_blocks, model.backbone.store_stem) == plan
     assert heads_stored == (
-        not any(is_memory_saving(h) for h in _heads(model))
+        not any(is_memory_saving(h) for h in segmentor_heads(model))
     )
     assert not model.backbone.plan_pending
 
@@ -372,7 +372,7 @@ def test_planning_then_training_equals_the_plan_set_by_hand(planned, budget):
     for model in results:
         assert model.backbone.store_stem == choice.plan.store_stem
         assert choice.plan.store_heads == (
-            not any(is_memory_saving(h) for h in _heads(model))
+            not any(is_memory_saving(h) for h in segmentor_heads(model))
         )
     for name in planned_model.backbone.res_layers:
         planned_layer = getattr(planned_model.backbone, name)
@@ -471,7 +471,7 @@ def test_runner_plans_logs_trains_and_resumes_with_the_plan(tmp_path):
     assert f'stored_blocks={backbone.stored_blocks!r}' in log
     # 64 GiB holds everything: the heads store too.
     assert 'store_heads=True' in log and 'memory_saving_heads=None' in log
-    assert not any(is_memory_saving(h) for h in _heads(runner.model))
+    assert not any(is_memory_saving(h) for h in segmentor_heads(runner.model))
     checkpoint = torch.load(
         tmp_path / 'work' / 'iter_1.pth', weights_only=True
     )
@@ -484,7 +484,7 @@ def test_runner_plans_logs_trains_and_resumes_with_the_plan(tmp_path):
     resumed.train()
     assert resumed.iter == 2
     assert resumed.model.backbone.stored_blocks == backbone.stored_blocks
-    assert not any(is_memory_saving(h) for h in _heads(resumed.model))
+    assert not any(is_memory_saving(h) for h in segmentor_heads(resumed.model))
     log = ''.join(p.read_text() for p in (tmp_path / 'work').rglob('*.log'))
     assert 'memory plan of the resumed checkpoint' in log
 
@@ -522,7 +522,7 @@ def test_a_saved_plan_is_reapplied_on_resume():
     hook.before_train_iter(_Runner(model, 5), 0)
     assert model.backbone.stored_blocks == (1, 2, 0, 0)
     assert model.backbone.store_stem and not model.backbone.plan_pending
-    assert not any(is_memory_saving(h) for h in _heads(model))
+    assert not any(is_memory_saving(h) for h in segmentor_heads(model))
     saved = dict(meta={})
     hook.before_save_checkpoint(_Runner(model, 6), saved)
     assert saved['meta']['memory_plan'] == plan
@@ -535,7 +535,7 @@ def test_a_plan_saved_before_heads_were_planned_leaves_them_as_built():
     hook.after_load_checkpoint(None, dict(meta=dict(memory_plan=plan)))
     hook.before_train_iter(_Runner(model, 5), 0)
     assert model.backbone.stored_blocks == (1, 1, 1, 1)
-    assert all(is_memory_saving(h) for h in _heads(model))
+    assert all(is_memory_saving(h) for h in segmentor_heads(model))
     saved = dict(meta={})
     hook.before_save_checkpoint(_Runner(model, 6), saved)
     assert saved['meta']['memory_plan'] == dict(plan, store_heads=False)

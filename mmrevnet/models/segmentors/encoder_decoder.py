@@ -16,10 +16,27 @@ from ..memory_saving.banded_loss import enable_banded_loss
 from ..memory_saving.concat_conv import enable_concat_free
 from ..memory_saving.heads import GRANULARITIES, enable_memory_saving
 
-__all__ = ['MRevNetEncoderDecoder', 'enable_memory_saving_heads']
+__all__ = [
+    'MRevNetEncoderDecoder',
+    'enable_memory_saving_heads',
+    'segmentor_heads',
+]
 
 
-def _heads(segmentor: nn.Module) -> List[nn.Module]:
+def segmentor_heads(segmentor: nn.Module) -> List[nn.Module]:
+    """The decode heads of ``segmentor``, then its auxiliary heads.
+
+    Args:
+        segmentor (nn.Module): A segmentor with a ``decode_head`` and
+            optionally an ``auxiliary_head`` (a head or an
+            ``nn.ModuleList`` of heads).
+
+    Returns:
+        list[nn.Module]: The heads, a ``ModuleList`` flattened.
+
+    Raises:
+        ValueError: If ``segmentor`` has neither attribute.
+    """
     heads = []
     for name in ('decode_head', 'auxiliary_head'):
         head = getattr(segmentor, name, None)
@@ -72,7 +89,7 @@ def enable_memory_saving_heads(
     Returns:
         list[nn.Module]: The heads made memory-saving.
     """
-    heads = _heads(segmentor)
+    heads = segmentor_heads(segmentor)
     for head in heads:
         inner = nested_units(head) if nested and granularity == 'head' else ()
         enable_memory_saving(head, granularity, nested=inner)
@@ -183,7 +200,7 @@ class MRevNetEncoderDecoder(EncoderDecoder):
         self.memory_saving_heads = memory_saving_heads
         self.concat_free = concat_free
         self.loss_bands = loss_bands
-        for head in _heads(self):
+        for head in segmentor_heads(self):
             # Before the recomputation wraps the forward, which then runs
             # the concat-free feature method.
             if concat_free:

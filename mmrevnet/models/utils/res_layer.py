@@ -383,6 +383,90 @@ class TransitionBottleneck(_TransitionBlock, Bottleneck):
     _branch = _bottleneck_branch
 
 
+class _BlockResidual(torch.autograd.Function):
+    """``relu(branch + x) - x``, saving the ReLU's sign mask only.
+
+    Written as three autograd operations, ``F = relu(branch + x) - x``
+    saves the ReLU's full-width output, which nothing else holds: in a
+    ResNet the block output ``relu(branch + x)`` is also the next block's
+    input, so its convolution shares the tensor, but here the next block
+    reads ``x + v`` instead. The backward needs only where ``branch + x``
+    is positive; a bool mask is a quarter of an fp32 map. The forward
+    computes what the three operations compute (same rounding), and the
+    backward what autograd's derivatives of them compute: ``g`` where the
+    mask is set for ``branch``, that minus ``g`` for ``x``.
+
+    ``apply(branch, x, in_place)``; with ``in_place`` the result is
+    written into ``branch``'s memory, as mmseg's ResNet blocks add the
+    identity into the last norm's output, so that the step allocates one
+    map less per block (on the CPU every fresh map is paid again in page
+    faults).
+    """
+
+    #: The backward reads the mask, never the output, so the memory-saving
+    #: stage may overwrite the output (with the reconstructed velocity).
+    output_unused_in_backward = True
+
+    @staticmethod
+    def forward(ctx, branch: Tensor, x: Tensor, in_place: bool) -> Tensor:
+        ctx.branch_dtype = branch.dtype
+        ctx.x_dtype = x.dtype
+        if in_place:
+            ctx.mark_dirty(branch)
+            out = branch.add_(x)
+        else:
+            out = branch + x
+        mask = out > 0
+        ctx.save_for_backward(mask)
+        return out.relu_().sub_(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (mask,) = ctx.saved_tensors
+        # ReLU's own derivative kernel, fed the mask in the gradient's
+        # dtype and writing over it: on the CPU, kernels that mix a bool
+        # operand with floats (where, mul, masked_fill) run several times
+        # slower than this conversion and the same-dtype kernel together.
+        grad_branch = mask.to(grad.dtype)
+        torch.ops.aten.threshold_backward.grad_input(
+            grad, grad_branch, 0, grad_input=grad_branch
+        )
+        grad_x = grad_branch - grad if ctx.needs_input_grad[1] else None
+        return (
+            grad_branch.to(ctx.branch_dtype),
+            None if grad_x is None else grad_x.to(ctx.x_dtype),
+            None,
+        )
+
+
+def block_residual(branch: Tensor, x: Tensor, in_place: bool = False):
+    """``relu(branch + x) - x``; with grad it saves a bool mask, not the
+    ReLU's output (:class:`_BlockResidual`).
+
+    Args:
+        branch (Tensor): The block's residual branch.
+        x (Tensor): The block's input.
+        in_place (bool): Write the result into ``branch``'s memory where
+            that changes no value: ``branch`` has the result's dtype, is
+            not a leaf that requires grad and is not a view. Only for a
+            ``branch`` nothing else reads afterwards. Defaults to False.
+
+    Returns:
+        Tensor: ``relu(branch + x) - x``.
+    """
+    in_place = (
+        in_place
+        and branch.dtype == torch.result_type(branch, x)
+        and branch.shape == x.shape
+        and branch._base is None
+        and not (branch.is_leaf and branch.requires_grad)
+    )
+    if torch.is_grad_enabled() and (branch.requires_grad or x.requires_grad):
+        return _BlockResidual.apply(branch, x, in_place)
+    out = branch.add_(x) if in_place else branch + x
+    return out.relu_().sub_(x)
+
+
 class _MomentumResidual(_MMPretrainBlockArgs):
     """Turns a ResNet block into the residual function ``F`` of a stage.
 
@@ -410,7 +494,7 @@ class _MomentumResidual(_MMPretrainBlockArgs):
         branch = self.drop_path(self._branch(x))
         if self.residual_fn == 'branch':
             return branch
-        return self.relu(branch + x) - x
+        return block_residual(branch, x, in_place=True)
 
 
 class MomentumBasicBlock(_MomentumResidual, BasicBlock):

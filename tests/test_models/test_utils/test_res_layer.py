@@ -1,0 +1,151 @@
+"""The block residual ``relu(branch + x) - x`` against autograd's."""
+
+import pytest
+import torch
+
+from mmrevnet.models.utils.res_layer import (
+    MomentumBottleneck,
+    _BlockResidual,
+    block_residual,
+)
+
+
+def _autograd_residual(branch, x):
+    return torch.relu(branch + x) - x
+
+
+def _inputs(dtype, branch_dtype=None):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 7, generator=generator, dtype=dtype)
+    branch = torch.randn(2, 3, 5, 7, generator=generator, dtype=dtype)
+    # Ties: branch + x exactly 0, where ReLU's derivative is taken as 0.
+    branch[0, 0] = -x[0, 0]
+    # Non-finite upstream gradients where the ReLU is on and off.
+    branch[1, 2, 0, :4] = torch.tensor([10.0, -10.0, 10.0, -10.0]) - x[
+        1, 2, 0, :4
+    ].sign().mul(0.5)
+    branch = branch.to(branch_dtype or dtype)
+    grad = torch.randn(2, 3, 5, 7, generator=generator, dtype=dtype)
+    nan, inf = float('nan'), float('inf')
+    grad[1, 2, 0, :4] = torch.tensor([nan, nan, inf, -inf])
+    return branch, x, grad
+
+
+def _grads(function, branch, x, grad):
+    branch = branch.detach().requires_grad_()
+    x = x.detach().requires_grad_()
+    # A non-leaf, as a norm's output is, so that it may be written into.
+    out = function(branch * 1, x)
+    out.backward(grad)
+    return out.detach(), branch.grad, x.grad
+
+
+def _in_place(branch, x):
+    return block_residual(branch, x, in_place=True)
+
+
+@pytest.mark.parametrize(
+    'dtype, branch_dtype',
+    [
+        (torch.float32, None),
+        (torch.float64, None),
+        # Under autocast a branch may be 16-bit while the position is fp32.
+        (torch.float32, torch.bfloat16),
+    ],
+)
+@pytest.mark.parametrize('function', [block_residual, _in_place])
+def test_matches_autograd_bitwise(dtype, branch_dtype, function):
+    # Tolerance 0: the forward and the backward compute the operations
+    # autograd's derivatives of add, relu and sub compute, in that order.
+    branch, x, grad = _inputs(dtype, branch_dtype)
+    ours = _grads(function, branch, x, grad)
+    reference = _grads(_autograd_residual, branch, x, grad)
+    for mine, theirs in zip(ours, reference):
+        assert mine.dtype == theirs.dtype
+        torch.testing.assert_close(
+            mine, theirs, rtol=0, atol=0, equal_nan=True
+        )
+    # The non-finite entries were reached on both sides of the ReLU.
+    assert torch.isnan(ours[1][1, 2, 0, 0])
+    assert ours[1][1, 2, 0, 1] == 0
+    assert torch.isnan(ours[2][1, 2, 0, 1])
+
+
+def test_without_grad_is_the_same_computation():
+    branch, x, _ = _inputs(torch.float32)
+    with torch.no_grad():
+        out = block_residual(branch, x)
+    assert out.grad_fn is None
+    assert torch.equal(out, _autograd_residual(branch, x))
+
+
+def test_in_place_writes_into_the_branch_only_where_it_may():
+    branch, x, _ = _inputs(torch.float32)
+    fresh = branch * 1
+    assert block_residual(fresh, x, in_place=True) is fresh
+    # A 16-bit branch would round the fp32 sum: a new tensor instead.
+    half = branch.to(torch.bfloat16)
+    assert block_residual(half, x, in_place=True) is not half
+    assert torch.equal(half, branch.to(torch.bfloat16))
+    # A leaf that requires grad is never written into.
+    leaf = branch.clone().requires_grad_()
+    assert block_residual(leaf, x, in_place=True) is not leaf
+
+
+def test_in_place_on_a_saved_output_fails_loudly():
+    # A producer that saved its output (exp) would read the overwritten
+    # memory in its backward: autograd's version check refuses it.
+    branch, x, _ = _inputs(torch.float32)
+    leaf = branch.requires_grad_()
+    out = block_residual(torch.exp(leaf), x, in_place=True)
+    with pytest.raises(RuntimeError, match='inplace operation'):
+        out.sum().backward()
+
+
+def _saved_bytes(function, *args):
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        function(*args)
+    return sum(sizes)
+
+
+def test_saves_a_bool_mask_only():
+    branch, x, _ = _inputs(torch.float32)
+    branch.requires_grad_()
+    assert _saved_bytes(_BlockResidual.apply, branch, x, False) == x.numel()
+    # autograd's composition saves the ReLU's fp32 output instead.
+    assert _saved_bytes(_autograd_residual, branch, x) == 4 * x.numel()
+
+
+def test_momentum_block_saves_its_branch_and_a_mask():
+    # What keeping a block costs beyond a ResNet block's branch: one bool
+    # per element of its output, not a full-precision map.
+    block = MomentumBottleneck(
+        residual_fn='block', inplanes=16, planes=4, style='pytorch'
+    )
+    block.train()
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    params = {p.data_ptr() for p in block.parameters()}
+
+    def saved(function):
+        storages = {}
+
+        def pack(tensor):
+            key = tensor.untyped_storage().data_ptr()
+            if key not in params:
+                storages[key] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            function(x)
+        return sum(storages.values())
+
+    assert saved(block) == saved(block._branch) + x.numel()
+    # relu(branch + x) - x in autograd's operations saves the fp32 map.
+    composed = saved(lambda t: _autograd_residual(block._branch(t), t))
+    assert composed == saved(block._branch) + 4 * x.numel()
