@@ -664,11 +664,15 @@ class MomentumResLayer(Sequential):
     def forward(self, x: Tensor) -> Tensor:
         transition = self[0]
         recomputes = self.stage.config.mode != 'plain'
-        # Recomputed blocks compute their widest layers by chunks; a plain
-        # stage keeps plain autograd, so it saves what a ResNet stage
-        # saves. Read at every call: the stage may be reconfigured.
-        for function in self.functions:
-            function.recomputed = recomputes
+        # Recomputed blocks compute their widest layers by chunks. Kept
+        # blocks, and every block of a plain stage, keep plain autograd:
+        # they save what a ResNet block saves and recompute nothing (a
+        # chunked conv3/norm3 would recompute in the backward, a cost the
+        # memory plan does not see). Read at every call: the stage may be
+        # reconfigured.
+        kept = self.stage.config.stored_blocks if recomputes else 0
+        for index, function in enumerate(self.functions):
+            function.recomputed = recomputes and index >= kept
         checkpointed = (
             recomputes
             and not self.keep_transition

@@ -149,3 +149,48 @@ def test_momentum_block_saves_its_branch_and_a_mask():
     # relu(branch + x) - x in autograd's operations saves the fp32 map.
     composed = saved(lambda t: _autograd_residual(block._branch(t), t))
     assert composed == saved(block._branch) + 4 * x.numel()
+
+
+def _graph_nodes(tensor):
+    names, stack, seen = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_kept_blocks_keep_plain_autograd():
+    # Only reversed blocks compute conv3/norm3 by chunks: a chunked kept
+    # block would recompute them in the backward, a cost a memory plan
+    # that keeps it does not expect. layer4 of a ResNet-50 (2048 wide)
+    # is wide enough to chunk.
+    from mmrevnet.models import MRevNetV1c
+
+    # Backbone plans count the transition block: 2 in layer4 keeps it and
+    # the first momentum block; the second is reversed.
+    backbone = MRevNetV1c(
+        depth=50, residual_fn='block', stored_blocks=(0, 0, 0, 2)
+    ).train()
+    layer4 = backbone.layer4
+    outputs = {}
+
+    def record(module, args, output):
+        outputs[module] = output
+
+    for function in layer4.functions:
+        function.register_forward_hook(record)
+    backbone(torch.randn(2, 3, 32, 32))
+    kept, reversed_ = layer4.functions
+    assert (kept.recomputed, reversed_.recomputed) == (False, True)
+    assert all(f.recomputed for f in backbone.layer3.functions)
+    kept_nodes = _graph_nodes(outputs[kept])
+    assert '_BlockResidualBackward' in kept_nodes
+    assert '_ChunkedConvNormBackward' not in kept_nodes
+    # The same block, recomputed, chunks conv3/norm3 (a custom Function).
+    with torch.enable_grad():
+        chunked = reversed_(outputs[kept].detach().requires_grad_())
+    assert '_ChunkedConvNormBackward' in _graph_nodes(chunked)
