@@ -65,24 +65,30 @@ def test_activation_memory_ratios_d8():
 
 
 @pytest.mark.parametrize(
-    'residual_fn,plan',
+    'residual_fn,plan,tol',
     [
-        ('branch', {}),
-        ('block', {}),
+        ('branch', {}, 2e-8),
+        ('block', {}, 3e-9),
         # Memory plans: kept and reversed blocks mixed in every stage.
-        ('branch', dict(stored_blocks=(1, 0, 3, 2))),
-        ('block', dict(stored_blocks=(0, 2, 5, 1), store_stem=True)),
-        ('branch', dict(stored_blocks=(3, 4, 6, 3), store_stem=True)),
+        ('branch', dict(stored_blocks=(1, 0, 3, 2)), 3e-9),
+        ('block', dict(stored_blocks=(0, 2, 5, 1), store_stem=True), 3e-9),
+        ('branch', dict(stored_blocks=(3, 4, 6, 3), store_stem=True), 3e-9),
     ],
 )
-def test_memory_saving_gradients_and_buffers_match_plain(residual_fn, plan):
-    """float64, depth 50: every gradient and BN buffer, rel. error <= 3e-9,
-    for the default plan (everything recomputed) and mixed plans.
+def test_memory_saving_gradients_and_buffers_match_plain(
+    residual_fn, plan, tol
+):
+    """float64, depth 50: every gradient and BN buffer, relative error
+    within ``tol``, for the default plan (everything recomputed) and mixed
+    plans.
 
-    Measured (max over parameters of max|g - g_ref| / max|g_ref|):
-    'branch' 1.2e-9, 'block' 8.7e-12. The randomised BN statistics make
-    some channels' 1/sigma large, which amplifies fp64 rounding of the
-    reconstruction; the unfused update measured 6.1e-10 and 2.5e-11.
+    Measured (max over parameters of max|g - g_ref| / max|g_ref|): 'branch'
+    with everything recomputed 1.2e-9 on one machine and 3.1e-9 to 3.8e-9
+    from run to run of the same process on an AVX-512 one (vectorised fp64
+    reductions round by the buffers' alignment), hence 2e-8 there; every
+    other case at most 1.7e-11. The randomised BN statistics make some
+    channels' 1/sigma large, which amplifies fp64 rounding of the
+    reconstruction. An error of the backward itself is of order 1.
     """
     torch.manual_seed(0)
     reference = MRevNetV1c(
@@ -130,7 +136,7 @@ def test_memory_saving_gradients_and_buffers_match_plain(residual_fn, plan):
         results[1][0],
         results[0][1],
         results[1][1],
-        tol=3e-9,
+        tol=tol,
     )
 
 
