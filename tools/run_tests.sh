@@ -10,6 +10,8 @@
 #
 # The whole suite runs in two pytest-xdist workers, one test file at a time
 # per worker (--dist loadfile: a file's module fixtures are built once),
+# the files in the order tests/conftest.py collects them, longest first
+# (--no-loadscope-reorder keeps xdist from reordering by number of tests),
 # each worker and the tools it starts with one intra-op thread
 # (OMP_NUM_THREADS=1), so that the two workers share the 2 cores instead of
 # oversubscribing them. A selection runs in this process as before. Pass
@@ -25,7 +27,7 @@ bash tools/setup_env.sh
 # selection such as `bash tools/run_tests.sh tests/test_compat.py` runs
 # just that file.
 targets=(tests)
-workers=(-n 2 --dist loadfile)
+workers=(-n 2 --dist loadfile --no-loadscope-reorder)
 for arg in "$@"; do
     case "$arg" in
         -n | -n* | --numprocesses | --numprocesses=* | no:xdist) workers=() ;;

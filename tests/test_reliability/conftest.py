@@ -3,6 +3,9 @@ import torch
 
 from tools.dataset_converters.generators.synthetic import generate_cityscapes
 
+# The module-scoped fixtures of the two-process cases, which are split
+# over test_distributed.py and test_distributed_launch.py.
+from .distributed import configs, reference  # noqa: F401
 from .helpers import DATA
 
 
