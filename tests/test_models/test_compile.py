@@ -59,6 +59,10 @@ def _build(norm):
                 contract_dilation=True,
                 norm_cfg=norm,
                 memory_saving=True,
+                # Warm-started configs' F, relu(branch + x) - x; layer2
+                # kept, so that its blocks are traced into the graph.
+                residual_fn='block',
+                stored_blocks=(0, 2, 0, 0),
             ),
             decode_head=dict(
                 type='PSPHead',

@@ -454,6 +454,10 @@ def block_residual(branch: Tensor, x: Tensor, in_place: bool = False):
     Returns:
         Tensor: ``relu(branch + x) - x``.
     """
+    if torch.compiler.is_compiling():
+        # Inductor fuses the three operations and chooses what its backward
+        # saves; dynamo would break the graph at the Function's mark_dirty.
+        return torch.relu(branch + x) - x
     in_place = (
         in_place
         and branch.dtype == torch.result_type(branch, x)
