@@ -35,7 +35,7 @@ def segmentor_heads(segmentor: nn.Module) -> List[nn.Module]:
         list[nn.Module]: The heads, a ``ModuleList`` flattened.
 
     Raises:
-        ValueError: If ``segmentor`` has neither attribute.
+        ValueError: If ``segmentor`` has no decode or auxiliary head.
     """
     heads = []
     for name in ('decode_head', 'auxiliary_head'):

@@ -277,11 +277,12 @@ def _chunked_bottleneck_head(block: Bottleneck, x: Tensor) -> Tensor:
 
 
 def _momentum_bottleneck_branch(block: Bottleneck, x: Tensor) -> Tensor:
-    """The bottleneck branch; in a stage that recomputes (any mode but
-    ``'plain'``) and with grad, conv2 by input chunks where it is dilated
-    on the CPU, and where the block is at least four chunks wide, conv3
-    and norm3 by output chunks (:class:`_ChunkedConvNorm`). A plain stage
-    keeps plain autograd, so it saves what a ResNet block saves."""
+    """The bottleneck branch; for a block its stage recomputes (reversed
+    or checkpointed, see :meth:`MomentumResLayer.forward`) and with grad,
+    conv2 by input chunks where it is dilated on the CPU, and where the
+    block is at least four chunks wide, conv3 and norm3 by output chunks
+    (:class:`_ChunkedConvNorm`). Kept blocks and a plain stage keep plain
+    autograd, so they save what a ResNet block saves."""
     if not (block.recomputed and torch.is_grad_enabled()):
         return _bottleneck_branch(block, x)
     out = _chunked_bottleneck_head(block, x)
@@ -416,9 +417,11 @@ class _BlockResidual(torch.autograd.Function):
             out = branch.add_(x)
         else:
             out = branch + x
-        mask = out > 0
-        ctx.save_for_backward(mask)
-        return out.relu_().sub_(x)
+        out.relu_()
+        # Where ReLU's derivative passes the gradient: its result is not
+        # <= 0, so also where ``branch + x`` is NaN.
+        ctx.save_for_backward(out != 0)
+        return out.sub_(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -428,9 +431,14 @@ class _BlockResidual(torch.autograd.Function):
         # operand with floats (where, mul, masked_fill) run several times
         # slower than this conversion and the same-dtype kernel together.
         grad_branch = mask.to(grad.dtype)
-        torch.ops.aten.threshold_backward.grad_input(
-            grad, grad_branch, 0, grad_input=grad_branch
-        )
+        if torch.is_grad_enabled():  # double backward: no out= variant
+            grad_branch = torch.ops.aten.threshold_backward(
+                grad, grad_branch, 0
+            )
+        else:
+            torch.ops.aten.threshold_backward.grad_input(
+                grad, grad_branch, 0, grad_input=grad_branch
+            )
         grad_x = grad_branch - grad if ctx.needs_input_grad[1] else None
         return (
             grad_branch.to(ctx.branch_dtype),
@@ -440,16 +448,19 @@ class _BlockResidual(torch.autograd.Function):
 
 
 def block_residual(branch: Tensor, x: Tensor, in_place: bool = False):
-    """``relu(branch + x) - x``; with grad it saves a bool mask, not the
-    ReLU's output (:class:`_BlockResidual`).
+    """``relu(branch + x) - x``, saving a bool mask for the backward.
+
+    With grad, :class:`_BlockResidual` saves where the ReLU passes the
+    gradient instead of the ReLU's output.
 
     Args:
         branch (Tensor): The block's residual branch.
         x (Tensor): The block's input.
         in_place (bool): Write the result into ``branch``'s memory where
-            that changes no value: ``branch`` has the result's dtype, is
-            not a leaf that requires grad and is not a view. Only for a
-            ``branch`` nothing else reads afterwards. Defaults to False.
+            that changes no value: ``branch`` has the result's dtype and
+            ``x``'s shape, shares no memory with ``x``, is not a view and
+            is not a leaf that requires grad. Only for a ``branch`` nothing
+            else reads afterwards. Defaults to False.
 
     Returns:
         Tensor: ``relu(branch + x) - x``.
@@ -464,6 +475,8 @@ def block_residual(branch: Tensor, x: Tensor, in_place: bool = False):
         and branch.shape == x.shape
         and branch._base is None
         and not (branch.is_leaf and branch.requires_grad)
+        and branch.untyped_storage().data_ptr()
+        != x.untyped_storage().data_ptr()
     )
     if torch.is_grad_enabled() and (branch.requires_grad or x.requires_grad):
         return _BlockResidual.apply(branch, x, in_place)
@@ -674,7 +687,8 @@ class MomentumResLayer(Sequential):
         # chunked conv3/norm3 would recompute in the backward, a cost the
         # memory plan does not see). Read at every call: the stage may be
         # reconfigured.
-        kept = self.stage.config.stored_blocks if recomputes else 0
+        config = self.stage.config
+        kept = config.stored_blocks if config.memory_saving else 0
         for index, function in enumerate(self.functions):
             function.recomputed = recomputes and index >= kept
         checkpointed = (

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mmrevnet.models import MRevNetV1c
 from mmrevnet.models.utils.res_layer import (
     MomentumBottleneck,
     _BlockResidual,
@@ -18,13 +19,20 @@ def _inputs(dtype, branch_dtype=None):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, 7, generator=generator, dtype=dtype)
     branch = torch.randn(2, 3, 5, 7, generator=generator, dtype=dtype)
-    # Ties: branch + x exactly 0, where ReLU's derivative is taken as 0.
-    branch[0, 0] = -x[0, 0]
-    # Non-finite upstream gradients where the ReLU is on and off.
-    branch[1, 2, 0, :4] = torch.tensor([10.0, -10.0, 10.0, -10.0]) - x[
-        1, 2, 0, :4
-    ].sign().mul(0.5)
     branch = branch.to(branch_dtype or dtype)
+    # Ties: branch + x exactly 0, where ReLU's derivative is taken as 0
+    # (x rounded first, so that -x is exact in a 16-bit branch too).
+    x[0, 0] = x[0, 0].to(branch.dtype).to(dtype)
+    branch[0, 0] = -x[0, 0]
+    # Non-finite sums: inf - inf and a NaN operand, where ReLU's
+    # derivative passes the gradient (its result is not <= 0).
+    x[0, 1, 0, :2] = torch.tensor([float('inf'), 1.0])
+    branch[0, 1, 0, :2] = torch.tensor([float('-inf'), float('nan')])
+    # Non-finite upstream gradients where the ReLU is on and off (the
+    # branch shifted away from -x so that neither side is a tie).
+    branch[1, 2, 0, :4] = (
+        torch.tensor([10.0, -10.0, 10.0, -10.0]) - x[1, 2, 0, :4]
+    ).to(branch.dtype)
     grad = torch.randn(2, 3, 5, 7, generator=generator, dtype=dtype)
     nan, inf = float('nan'), float('inf')
     grad[1, 2, 0, :4] = torch.tensor([nan, nan, inf, -inf])
@@ -49,6 +57,8 @@ def _in_place(branch, x):
     [
         (torch.float32, None),
         (torch.float64, None),
+        (torch.bfloat16, None),
+        (torch.float16, None),
         # Under autocast a branch may be 16-bit while the position is fp32.
         (torch.float32, torch.bfloat16),
     ],
@@ -65,31 +75,69 @@ def test_matches_autograd_bitwise(dtype, branch_dtype, function):
         torch.testing.assert_close(
             mine, theirs, rtol=0, atol=0, equal_nan=True
         )
-    # The non-finite entries were reached on both sides of the ReLU.
+    # The non-finite entries were reached on both sides of the ReLU, and
+    # a NaN sum passes the gradient to the branch as autograd's ReLU does.
     assert torch.isnan(ours[1][1, 2, 0, 0])
     assert ours[1][1, 2, 0, 1] == 0
     assert torch.isnan(ours[2][1, 2, 0, 1])
+    assert torch.equal(ours[1][0, 1, 0, :2], grad[0, 1, 0, :2].to(ours[1]))
 
 
 def test_without_grad_is_the_same_computation():
     branch, x, _ = _inputs(torch.float32)
     with torch.no_grad():
         out = block_residual(branch, x)
-    assert out.grad_fn is None
-    assert torch.equal(out, _autograd_residual(branch, x))
+    torch.testing.assert_close(
+        out, _autograd_residual(branch, x), rtol=0, atol=0, equal_nan=True
+    )
 
 
 def test_in_place_writes_into_the_branch_only_where_it_may():
     branch, x, _ = _inputs(torch.float32)
     fresh = branch * 1
     assert block_residual(fresh, x, in_place=True) is fresh
-    # A 16-bit branch would round the fp32 sum: a new tensor instead.
-    half = branch.to(torch.bfloat16)
-    assert block_residual(half, x, in_place=True) is not half
-    assert torch.equal(half, branch.to(torch.bfloat16))
-    # A leaf that requires grad is never written into.
-    leaf = branch.clone().requires_grad_()
-    assert block_residual(leaf, x, in_place=True) is not leaf
+    # The same under grad (the Function marks the branch dirty).
+    fresh = branch.clone().requires_grad_() * 1
+    assert block_residual(fresh, x, in_place=True) is fresh
+    refused = {
+        # A 16-bit branch would round the fp32 sum.
+        'bf16 branch': (branch.to(torch.bfloat16), x),
+        # A leaf that requires grad is never written into.
+        'leaf': (branch.clone().requires_grad_(), x),
+        # A view's base may be read by someone else.
+        'view': (branch.clone()[:, :2], x[:, :2]),
+        # x broadcast over a larger branch: the result has x's shape.
+        'broadcast': (branch.clone()[:1], x),
+        # The branch is x itself: writing would change x before use.
+        'same memory': (x.clone(), None),
+    }
+    for name, (candidate, other) in refused.items():
+        other = candidate if other is None else other
+        before = candidate.detach().clone()
+        expected = torch.relu(before + other.detach()) - other.detach()
+        out = block_residual(candidate, other, in_place=True)
+        assert out is not candidate, name
+        torch.testing.assert_close(
+            candidate.detach(), before, rtol=0, atol=0, equal_nan=True
+        )
+        torch.testing.assert_close(
+            out.detach(), expected, rtol=0, atol=0, equal_nan=True
+        )
+
+
+def test_double_backward_matches_numerical():
+    # Higher-order gradients go through the plain path (docs/bad_input.md
+    # recommends memory_saving=False for them): the backward must itself
+    # be differentiable. Away from the ReLU's kink, in fp64.
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64)
+    branch = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64)
+    branch = branch + 0.1 * (branch + x).sign()
+    x.requires_grad_()
+    branch.requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda b, t: block_residual(b * 1, t, in_place=True), (branch, x)
+    )
 
 
 def test_in_place_on_a_saved_output_fails_loudly():
@@ -168,8 +216,6 @@ def test_kept_blocks_keep_plain_autograd():
     # block would recompute them in the backward, a cost a memory plan
     # that keeps it does not expect. layer4 of a ResNet-50 (2048 wide)
     # is wide enough to chunk.
-    from mmrevnet.models import MRevNetV1c
-
     # Backbone plans count the transition block: 2 in layer4 keeps it and
     # the first momentum block; the second is reversed.
     backbone = MRevNetV1c(
