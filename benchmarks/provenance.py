@@ -292,6 +292,21 @@ RESULTS: Dict[str, Result] = {
             'tools/analysis_tools/max_fit.py',
         ),
     ),
+    'kept_overhead_cpu': Result(
+        outputs=(
+            'docs/benchmark/kept_overhead/results.json',
+            'docs/benchmark/kept_overhead/results.md',
+        ),
+        command='python -m benchmarks.kept_overhead '
+        'configs/pspnet/pspnet_mrevnet101-d8_4xb2-80k_cityscapes-512x1024.py '
+        '--size 256 512 --rounds 3 --out docs/benchmark/kept_overhead',
+        sources=_MODELS
+        + (
+            'benchmarks/benchmark.py',
+            'benchmarks/kept_overhead.py',
+            'benchmarks/variants.py',
+        ),
+    ),
     'gpu_h100': Result(
         outputs=(
             'docs/benchmark/gpu/h100_full_dcad7fe/benchmark.json',
