@@ -29,12 +29,8 @@ from typing import Dict, List
 
 import torch
 
-_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-from benchmarks.benchmark import _train_step, make_step  # noqa: E402
-from benchmarks.variants import (  # noqa: E402
+from benchmarks.benchmark import _train_step, make_step
+from benchmarks.variants import (
     build_with_optimizer,
     load_config,
     variant_model,
